@@ -1,0 +1,172 @@
+"""The audit trail: append-only, and a hash chain per tenant so that any edit,
+deletion or reordering of past events is detectable by `verify`."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.identity import Principal
+from core.jsonable import dumps, iso, normalise
+from core.models import AuditEvent, AuditHead, new_id
+
+GENESIS_HASH = "0" * 64
+_VERIFY_CHUNK = 1000
+
+
+def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """Only what changed: the fields' old and new values."""
+    if before is None or after is None:
+        return {"before": before, "after": after}
+    keys = [k for k in after.keys() | before.keys() if before.get(k) != after.get(k)]
+    keys.sort()
+    return {"before": {k: before.get(k) for k in keys}, "after": {k: after.get(k) for k in keys}}
+
+
+def event_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    material = {
+        "id": row["id"],
+        "tenant_id": row["tenant_id"],
+        "seq": row["seq"],
+        "event_type": row["event_type"],
+        "actor_kind": row["actor_kind"],
+        "actor_id": row["actor_id"],
+        "actor_roles": row["actor_roles"],
+        "resource_type": row["resource_type"],
+        "resource_id": row["resource_id"],
+        "changes": row["changes"],
+        "request_id": row["request_id"],
+        "idempotency_key": row["idempotency_key"],
+        "occurred_at": iso(row["occurred_at"]),
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(dumps(material, sort_keys=True)).hexdigest()
+
+
+async def create_chain(session: AsyncSession, tenant_id: str) -> None:
+    await session.execute(insert(AuditHead).values(tenant_id=tenant_id, seq=0, hash=GENESIS_HASH))
+
+
+class AuditTrail:
+    """The audit events of one transaction, chained onto the tenant's locked head."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        head: AuditHead,
+        principal: Principal,
+        request_id: str | None,
+        idempotency_key: str | None,
+    ) -> None:
+        self._session = session
+        self._head_id = head.id
+        self._start_seq = head.seq
+        self._seq = head.seq
+        self._hash = head.hash
+        self._principal = principal
+        self._request_id = request_id
+        self._idempotency_key = idempotency_key
+        self._pending: list[dict[str, Any]] = []
+
+    @classmethod
+    async def begin(
+        cls,
+        session: AsyncSession,
+        principal: Principal,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> AuditTrail:
+        head = (await session.execute(select(AuditHead).with_for_update())).scalar_one()
+        return cls(session, head, principal, request_id, idempotency_key)
+
+    def record(
+        self,
+        event_type: str,
+        *,
+        resource_type: str,
+        resource_id: str,
+        changes: dict[str, Any],
+        occurred_at: datetime,
+    ) -> None:
+        self._seq += 1
+        row = {
+            "id": new_id(),
+            "tenant_id": self._principal.tenant_id,
+            "seq": self._seq,
+            "event_type": event_type,
+            "actor_kind": self._principal.actor_kind,
+            "actor_id": self._principal.actor_id,
+            "actor_roles": self._principal.sorted_roles,
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "changes": normalise(changes),
+            "request_id": self._request_id,
+            "idempotency_key": self._idempotency_key,
+            "occurred_at": occurred_at,
+            "prev_hash": self._hash,
+        }
+        row["hash"] = self._hash = event_hash(self._hash, row)
+        self._pending.append(row)
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        await self._session.execute(insert(AuditEvent), self._pending)
+        await self._session.execute(
+            update(AuditHead).where(AuditHead.id == self._head_id).values(seq=self._seq, hash=self._hash)
+        )
+        self._pending = []
+
+
+@dataclass(frozen=True)
+class Verification:
+    intact: bool
+    events_checked: int
+    first_broken_event_id: str | None = None
+    first_broken_seq: int | None = None
+    reason: str | None = None
+
+
+def _as_row(event: AuditEvent) -> dict[str, Any]:
+    return {c: getattr(event, c) for c in AuditEvent.__table__.columns.keys()}
+
+
+async def verify(session: AsyncSession) -> Verification:
+    """Walk the session tenant's chain in order and report the first broken link."""
+    prev_hash, expected_seq, checked = GENESIS_HASH, 1, 0
+    last_seq = 0
+    while True:
+        rows: Sequence[AuditEvent] = (
+            (
+                await session.execute(
+                    select(AuditEvent).where(AuditEvent.seq > last_seq).order_by(AuditEvent.seq).limit(_VERIFY_CHUNK)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if not rows:
+            break
+        for event in rows:
+            problem = None
+            if event.seq != expected_seq:
+                problem = f"sequence gap: expected {expected_seq}, found {event.seq}"
+            elif event.prev_hash != prev_hash:
+                problem = "previous-hash link does not match the preceding event"
+            elif event_hash(prev_hash, _as_row(event)) != event.hash:
+                problem = "content does not match its hash"
+            if problem:
+                return Verification(False, checked, event.id, event.seq, problem)
+            prev_hash, expected_seq, checked = event.hash, expected_seq + 1, checked + 1
+        last_seq = rows[-1].seq
+        session.expunge_all()
+    head = (await session.execute(select(AuditHead))).scalar_one()
+    if head.seq != checked or head.hash != prev_hash:
+        return Verification(False, checked, None, head.seq, "chain head does not match the last event (events removed)")
+    return Verification(True, checked)

@@ -1,0 +1,124 @@
+"""Engines, sessions and the tenant scope that every ORM query passes through.
+
+Tenant scoping is enforced here, not remembered by each service: a session is
+opened *for* a tenant, and every ORM SELECT/UPDATE/DELETE touching a
+`TenantOwned` model gets `tenant_id = <session tenant>` added. A statement on
+tenant rows from a session without a tenant raises, unless the caller says
+`execution_options(cross_tenant=True)` (key lookup, the outbox relay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+
+from core.models import TenantOwned
+
+
+class TenantScopeMissing(RuntimeError):
+    """A query on tenant-owned rows was attempted without a tenant."""
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _scope_to_tenant(state: ORMExecuteState) -> None:
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    if state.execution_options.get("cross_tenant", False):
+        return
+    if not any(issubclass(m.class_, TenantOwned) for m in state.all_mappers):
+        return
+    tenant_id = state.session.info.get("tenant_id")
+    if tenant_id is None:
+        raise TenantScopeMissing("query on tenant-owned rows without a tenant scope")
+    state.statement = state.statement.options(
+        with_loader_criteria(TenantOwned, lambda cls: cls.tenant_id == tenant_id, include_aliases=True)
+    )
+
+
+@event.listens_for(Session, "before_flush")
+def _stamp_tenant(session: Session, flush_context: Any, instances: Any) -> None:
+    tenant_id = session.info.get("tenant_id")
+    for obj in session.new:
+        if isinstance(obj, TenantOwned):
+            if obj.tenant_id is None:
+                if tenant_id is None:
+                    raise TenantScopeMissing(f"new {type(obj).__name__} without a tenant")
+                obj.tenant_id = tenant_id
+            elif tenant_id is not None and obj.tenant_id != tenant_id:
+                raise TenantScopeMissing(f"new {type(obj).__name__} for another tenant")
+
+
+def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is ours to issue.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A writer takes the write lock up front: no deadlock-prone lock upgrades.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """The process's engines. On SQLite, writes go through one connection (SQLite
+    has one writer anyway) and reads through a pool; on PostgreSQL both share a pool."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.writer = create_async_engine(url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=60)
+            self.reader = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=0)
+            _sqlite_pragmas(self.writer.sync_engine, immediate=True)
+            _sqlite_pragmas(self.reader.sync_engine, immediate=False)
+        else:
+            self.writer = create_async_engine(
+                url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+            self.reader = self.writer
+        self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False, autoflush=False)
+        self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False, autoflush=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.writer.dialect.name
+
+    @asynccontextmanager
+    async def read(self, tenant_id: str | None) -> AsyncIterator[AsyncSession]:
+        """A session for reading one tenant's rows (or none, for cross-tenant lookups)."""
+        async with self._read_sessions() as session:
+            session.info["tenant_id"] = tenant_id
+            yield session
+
+    @asynccontextmanager
+    async def write(self, tenant_id: str | None) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed on success and rolled back on error."""
+        async with self._write_sessions() as session:
+            session.info["tenant_id"] = tenant_id
+            async with session.begin():
+                yield session
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        if self.reader is not self.writer:
+            await self.reader.dispose()
+
+
+def engine_for_migrations(url: str) -> AsyncEngine:
+    engine = create_async_engine(url)
+    if url.startswith("sqlite"):
+        _sqlite_pragmas(engine.sync_engine, immediate=True)
+    return engine

@@ -1,0 +1,259 @@
+"""Deals: create, read, change, delete, and the idempotent upsert by external reference."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.changes import Mutation
+from core.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from core.models import Deal, DealRef, new_id
+from core.pagination import MAX_LIMIT, Sort, page, split
+from core.schemas import DealCreate, DealFields, DealOut, DealPatch, ExternalRef
+
+RESOURCE = "deal"
+BUSINESS_FIELDS = ("name", "stage", "amount", "currency", "close_date", "company", "owner", "attributes")
+SORTABLE = {"created_at": Deal.created_at, "updated_at": Deal.updated_at, "name": Deal.name}
+
+
+def snapshot(deal: Deal) -> dict[str, Any]:
+    return {f: getattr(deal, f) for f in BUSINESS_FIELDS}
+
+
+def view(deal: Deal) -> DealOut:
+    return DealOut(
+        id=deal.id,
+        **snapshot(deal),
+        external_refs=[ExternalRef(system=r.system, external_id=r.external_id) for r in deal.refs],
+        version=deal.version,
+        created_at=deal.created_at,
+        updated_at=deal.updated_at,
+    )
+
+
+def _payload(deal: Deal, changed: list[str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"deal": view(deal).model_dump(mode="json")}
+    if changed is not None:
+        body["changed_fields"] = changed
+    return body
+
+
+def parse_sort(value: str) -> Sort:
+    descending = value.startswith("-")
+    column = SORTABLE.get(value.lstrip("-"))
+    if column is None:
+        raise ValidationFailed(
+            f"Cannot sort by {value!r}",
+            details=[{"loc": ["query", "sort"], "msg": f"one of {sorted(SORTABLE)}, optionally prefixed with '-'"}],
+        )
+    return Sort(column, descending)
+
+
+async def get(session: AsyncSession, deal_id: str) -> Deal:
+    deal = (await session.execute(select(Deal).where(Deal.id == deal_id, Deal.deleted_at.is_(None)))).scalar_one_or_none()
+    if deal is None:
+        raise NotFound("No such deal")
+    return deal
+
+
+async def get_by_ref(session: AsyncSession, system: str, external_id: str) -> Deal:
+    stmt = (
+        select(Deal)
+        .join(DealRef, DealRef.deal_id == Deal.id)
+        .where(DealRef.system == system, DealRef.external_id == external_id, Deal.deleted_at.is_(None))
+    )
+    deal = (await session.execute(stmt)).scalar_one_or_none()
+    if deal is None:
+        raise NotFound("No deal has this external reference")
+    return deal
+
+
+async def list_deals(
+    session: AsyncSession,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    sort: str = "-created_at",
+    stage: str | None = None,
+    updated_since: datetime | None = None,
+    system: str | None = None,
+    external_id: str | None = None,
+) -> tuple[list[Deal], str | None]:
+    limit = max(1, min(limit, MAX_LIMIT))
+    order = parse_sort(sort)
+    stmt = select(Deal).where(Deal.deleted_at.is_(None))
+    if stage is not None:
+        stmt = stmt.where(Deal.stage == stage)
+    if updated_since is not None:
+        stmt = stmt.where(Deal.updated_at >= updated_since)
+    if system is not None or external_id is not None:
+        refs = select(DealRef.deal_id)
+        if system is not None:
+            refs = refs.where(DealRef.system == system)
+        if external_id is not None:
+            refs = refs.where(DealRef.external_id == external_id)
+        stmt = stmt.where(Deal.id.in_(refs))
+    rows = list((await session.execute(page(stmt, order, Deal.id, limit=limit, cursor=cursor))).scalars())
+    return split(rows, order, limit=limit)
+
+
+async def _refs_taken(session: AsyncSession, refs: Sequence[ExternalRef]) -> list[ExternalRef]:
+    taken = []
+    for ref in refs:
+        stmt = select(DealRef.id).where(DealRef.system == ref.system, DealRef.external_id == ref.external_id)
+        if (await session.execute(stmt)).first() is not None:
+            taken.append(ref)
+    return taken
+
+
+def _new_deal(m: Mutation, fields: DealFields, refs: Sequence[ExternalRef]) -> Deal:
+    deal = Deal(
+        id=new_id(),
+        tenant_id=m.tenant_id,
+        **{f: getattr(fields, f) for f in BUSINESS_FIELDS},
+        version=1,
+        created_at=m.now,
+        updated_at=m.now,
+    )
+    deal.refs = [
+        DealRef(id=new_id(), tenant_id=m.tenant_id, system=r.system, external_id=r.external_id, created_at=m.now)
+        for r in refs
+    ]
+    return deal
+
+
+async def create(m: Mutation, data: DealCreate) -> Deal:
+    unique_refs = {(r.system, r.external_id): r for r in data.external_refs}
+    if len(unique_refs) != len(data.external_refs):
+        raise ValidationFailed("An external reference is listed twice")
+    taken = await _refs_taken(m.session, data.external_refs)
+    if taken:
+        raise Conflict(
+            "An external reference already belongs to another deal",
+            details=[{"loc": ["body", "external_refs"], "msg": f"{r.system}/{r.external_id} is taken"} for r in taken],
+        )
+    deal = _new_deal(m, data, data.external_refs)
+    m.session.add(deal)
+    m.record("deal.created", resource_type=RESOURCE, resource_id=deal.id, before=None, after=snapshot(deal), payload=_payload(deal))
+    await m.session.flush()
+    return deal
+
+
+def _check_version(deal: Deal, expected_version: int | None) -> None:
+    if expected_version is not None and deal.version != expected_version:
+        raise PreconditionFailed("The deal changed since you read it")
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch: objects merge recursively, null removes."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge_patch(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def _apply(m: Mutation, deal: Deal, values: dict[str, Any]) -> list[str] | None:
+    """Set changed fields and return their names; None when the deal is untouched
+    (a soft-deleted deal that is written again is restored, even with no field change)."""
+    changed = sorted(k for k, v in values.items() if getattr(deal, k) != v)
+    if not changed and deal.deleted_at is None:
+        return None
+    for key in changed:
+        setattr(deal, key, values[key])
+    deal.deleted_at = None
+    deal.version += 1
+    deal.updated_at = m.now
+    return changed
+
+
+async def update(m: Mutation, deal_id: str, patch: DealPatch, *, expected_version: int | None = None) -> Deal:
+    deal = await get(m.session, deal_id)
+    _check_version(deal, expected_version)
+    values = {k: getattr(patch, k) for k in patch.model_fields_set}
+    if "attributes" in values:
+        values["attributes"] = merge_patch(deal.attributes, values["attributes"] or {})
+    before = snapshot(deal)
+    changed = _apply(m, deal, values)
+    if changed is not None:
+        m.record(
+            "deal.updated", resource_type=RESOURCE, resource_id=deal.id, before=before, after=snapshot(deal),
+            payload=_payload(deal, changed),
+        )
+        await m.session.flush()
+    return deal
+
+
+async def delete(m: Mutation, deal_id: str, *, expected_version: int | None = None) -> None:
+    """Soft delete: the row stays for the audit trail and for a CRM that re-sends it."""
+    deal = await get(m.session, deal_id)
+    _check_version(deal, expected_version)
+    before = snapshot(deal)
+    deal.deleted_at = m.now
+    deal.version += 1
+    deal.updated_at = m.now
+    m.record("deal.deleted", resource_type=RESOURCE, resource_id=deal.id, before=before, after=None, payload=_payload(deal))
+    await m.session.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertOutcome:
+    status: Literal["created", "updated", "unchanged"]
+    deal: Deal
+
+
+async def _load_by_refs(session: AsyncSession, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Deal]:
+    by_system: dict[str, set[str]] = defaultdict(set)
+    for system, external_id in keys:
+        by_system[system].add(external_id)
+    deal_of: dict[tuple[str, str], str] = {}
+    for system, ids in by_system.items():
+        stmt = select(DealRef.external_id, DealRef.deal_id).where(DealRef.system == system, DealRef.external_id.in_(ids))
+        for external_id, deal_id in await session.execute(stmt):
+            deal_of[(system, external_id)] = deal_id
+    if not deal_of:
+        return {}
+    deals = {d.id: d for d in (await session.execute(select(Deal).where(Deal.id.in_(set(deal_of.values()))))).scalars()}
+    return {key: deals[deal_id] for key, deal_id in deal_of.items()}
+
+
+async def upsert_many(m: Mutation, items: Sequence[tuple[str, str, DealFields]]) -> list[UpsertOutcome]:
+    """Create or update deals by their natural key (tenant, system, external id).
+
+    A record identical to what is stored changes nothing and records no event.
+    Items are applied in order, so a key repeated in one batch acts as an update.
+    """
+    known = await _load_by_refs(m.session, [(s, e) for s, e, _ in items])
+    outcomes: list[UpsertOutcome] = []
+    for system, external_id, fields in items:
+        key = (system, external_id)
+        deal = known.get(key)
+        if deal is None:
+            deal = _new_deal(m, fields, [ExternalRef(system=system, external_id=external_id)])
+            m.session.add(deal)
+            known[key] = deal
+            m.record("deal.created", resource_type=RESOURCE, resource_id=deal.id, before=None, after=snapshot(deal), payload=_payload(deal))
+            outcomes.append(UpsertOutcome("created", deal))
+            continue
+        before = snapshot(deal)
+        changed = _apply(m, deal, {f: getattr(fields, f) for f in BUSINESS_FIELDS})
+        if changed is None:
+            outcomes.append(UpsertOutcome("unchanged", deal))
+            continue
+        m.record(
+            "deal.updated", resource_type=RESOURCE, resource_id=deal.id, before=before, after=snapshot(deal),
+            payload=_payload(deal, changed),
+        )
+        outcomes.append(UpsertOutcome("updated", deal))
+    await m.session.flush()
+    return outcomes

@@ -1,0 +1,62 @@
+"""The transactional outbox: events written with the change that caused them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.jsonable import iso, normalise
+from core.models import OutboxEvent, new_id, utcnow
+
+
+class Outbox:
+    def __init__(self, session: AsyncSession, tenant_id: str) -> None:
+        self._session = session
+        self._tenant_id = tenant_id
+        self._pending: list[dict[str, Any]] = []
+
+    def emit(
+        self,
+        event_type: str,
+        *,
+        resource_type: str,
+        resource_id: str,
+        payload: dict[str, Any],
+        occurred_at: datetime,
+    ) -> str:
+        event_id = new_id()
+        self._pending.append(
+            {
+                "id": event_id,
+                "tenant_id": self._tenant_id,
+                "event_type": event_type,
+                "resource_type": resource_type,
+                "resource_id": resource_id,
+                "payload": normalise(payload),
+                "occurred_at": occurred_at,
+                "created_at": utcnow(),
+                "published_at": None,
+            }
+        )
+        return event_id
+
+    async def flush(self) -> None:
+        if self._pending:
+            await self._session.execute(insert(OutboxEvent), self._pending)
+            self._pending = []
+
+
+def envelope(event: OutboxEvent) -> dict[str, Any]:
+    """The event as the contract shapes it for consumers."""
+    return {
+        "event_id": event.id,
+        "event_type": event.event_type,
+        "occurred_at": iso(event.occurred_at),
+        "tenant_id": event.tenant_id,
+        "resource_type": event.resource_type,
+        "resource_id": event.resource_id,
+        "payload": event.payload,
+    }

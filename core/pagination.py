@@ -1,0 +1,71 @@
+"""Keyset (cursor) pagination: stable under inserts, no OFFSET scans."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute
+
+from core.errors import ValidationFailed
+from core.jsonable import iso
+
+MAX_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class Sort:
+    column: InstrumentedAttribute[Any]
+    descending: bool
+
+
+def encode_cursor(value: Any, row_id: str) -> str:
+    if isinstance(value, datetime):
+        value = {"t": iso(value)}
+    raw = orjson.dumps([value, row_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[Any, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value, row_id = orjson.loads(raw)
+        if isinstance(value, dict):
+            value = datetime.fromisoformat(value["t"].replace("Z", "+00:00"))
+        if not isinstance(row_id, str):
+            raise ValueError
+        return value, row_id
+    except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+        raise ValidationFailed(
+            "The cursor is not one this API issued", details=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
+        ) from None
+
+
+def page(stmt: Select[Any], sort: Sort, id_column: InstrumentedAttribute[Any], *, limit: int, cursor: str | None) -> Select[Any]:
+    """Order `stmt` by (sort column, id), start after `cursor`, fetch one extra row to
+    know whether there is a next page."""
+    col = sort.column
+    if cursor:
+        value, last_id = decode_cursor(cursor)
+        if sort.descending:
+            stmt = stmt.where(or_(col < value, and_(col == value, id_column < last_id)))
+        else:
+            stmt = stmt.where(or_(col > value, and_(col == value, id_column > last_id)))
+    if sort.descending:
+        stmt = stmt.order_by(col.desc(), id_column.desc())
+    else:
+        stmt = stmt.order_by(col.asc(), id_column.asc())
+    return stmt.limit(limit + 1)
+
+
+def split(rows: list[Any], sort: Sort, *, limit: int) -> tuple[list[Any], str | None]:
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    last = rows[-1]
+    return rows, encode_cursor(getattr(last, sort.column.key), last.id)

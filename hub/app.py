@@ -1,0 +1,101 @@
+"""The app factory. Everything the app holds is built in its lifespan, not at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from core import apikeys, tenants
+from core.changes import ChangeContext, mutation
+from core.db import Database
+from core.identity import Principal
+from core.migrate import upgrade_to_head
+from core.roles import Role
+from core.settings import Settings, get_settings
+from core.tokens import JWTVerifier
+from hub.middleware import EdgeMiddleware
+from hub.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, Problem
+from hub.routers import api_keys, audit, deals, health, identity
+from hub.state import HubState, TTLCache
+
+log = logging.getLogger("hub")
+API_VERSION = "1.0.0"
+DEMO_TENANT = "demo"
+
+
+async def bootstrap_demo_tenant(db: Database) -> str | None:
+    """On an empty hub, create the demo tenant and return its ADMIN key (shown once)."""
+    if await tenants.list_all(db):
+        return None
+    tenant = await tenants.create(db, DEMO_TENANT)
+    system = Principal(tenant.id, "system", "bootstrap", frozenset({Role.ADMIN}))
+    async with mutation(db, ChangeContext(system)) as m:
+        issued = await apikeys.issue(m, name="demo admin", roles={Role.ADMIN})
+    return issued.plaintext
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes, openapi_version="3.1.0"
+    )
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    # Errors are problem+json only; FastAPI would also advertise application/json.
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status[0] in "45" and MEDIA_TYPE in content:
+                    content.pop("application/json", None)
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.is_sqlite:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await upgrade_to_head(settings.effective_database_url)
+        db = Database(settings.effective_database_url, pool_size=settings.db_pool_size, echo=settings.sql_echo)
+        app.state.hub = HubState(
+            settings=settings,
+            db=db,
+            jwt=JWTVerifier(settings),
+            principals=TTLCache(settings.api_key_cache_seconds),
+        )
+        if settings.demo_tenant:
+            key = await bootstrap_demo_tenant(db)
+            if key is not None:
+                # Printed, never logged: this is the only time the key is ever shown.
+                print(
+                    f"\nCreated tenant '{DEMO_TENANT}'. Its ADMIN API key, shown once:\n\n    HUB_API_KEY={key}\n",
+                    flush=True,
+                )
+        try:
+            yield
+        finally:
+            await db.dispose()
+
+    app = FastAPI(
+        title="Deal hub",
+        version=API_VERSION,
+        description="The integration layer between a deal team's platform and its CRMs, data rooms and enrichment providers.",
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+    )
+    for module in (health, identity, deals, audit, api_keys):
+        app.include_router(module.router)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,111 @@
+"""The `hub` command: serve, migrate, and manage tenants and API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from core import apikeys, tenants
+from core.changes import ChangeContext, mutation
+from core.db import Database
+from core.errors import HubError
+from core.identity import Principal
+from core.migrate import upgrade_to_head
+from core.models import Tenant
+from core.roles import Role
+from core.settings import Settings, get_settings
+
+CLI_ACTOR = "cli"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hub", description="The deal integration hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="Run the API (and, on the embedded default, everything else)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
+    sub.add_parser("migrate", help="Apply database migrations")
+
+    tenants_p = sub.add_parser("tenants", help="Manage tenants").add_subparsers(dest="action", required=True)
+    create_tenant = tenants_p.add_parser("create", help="Create a tenant")
+    create_tenant.add_argument("name")
+    tenants_p.add_parser("list", help="List tenants")
+
+    keys_p = sub.add_parser("apikeys", help="Manage API keys").add_subparsers(dest="action", required=True)
+    create_key = keys_p.add_parser("create", help="Issue a key; its secret is printed once")
+    create_key.add_argument("--tenant", required=True, help="Tenant id or name")
+    create_key.add_argument("--name", required=True)
+    create_key.add_argument("--role", action="append", required=True, choices=[r.value for r in Role], dest="roles")
+    list_keys = keys_p.add_parser("list", help="List a tenant's keys (never their secrets)")
+    list_keys.add_argument("--tenant", required=True)
+    revoke = keys_p.add_parser("revoke", help="Revoke a key")
+    revoke.add_argument("--tenant", required=True)
+    revoke.add_argument("key_id")
+    return parser
+
+
+async def _open(settings: Settings) -> Database:
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await upgrade_to_head(settings.effective_database_url)
+    return Database(settings.effective_database_url, pool_size=2)
+
+
+async def _tenant(db: Database, ref: str) -> Tenant:
+    found = await tenants.find_by_name(db, ref)
+    return found if found is not None else await tenants.get(db, ref)
+
+
+def _cli_context(tenant_id: str) -> ChangeContext:
+    return ChangeContext(Principal(tenant_id, "system", CLI_ACTOR, frozenset({Role.ADMIN})))
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    db = await _open(settings)
+    try:
+        if args.command == "migrate":
+            print("migrations applied")
+        elif args.command == "tenants" and args.action == "create":
+            tenant = await tenants.create(db, args.name)
+            print(f"{tenant.id}\t{tenant.name}")
+        elif args.command == "tenants" and args.action == "list":
+            for tenant in await tenants.list_all(db):
+                print(f"{tenant.id}\t{tenant.name}")
+        elif args.command == "apikeys":
+            tenant = await _tenant(db, args.tenant)
+            if args.action == "create":
+                async with mutation(db, _cli_context(tenant.id)) as m:
+                    issued = await apikeys.issue(m, name=args.name, roles={Role(r) for r in args.roles})
+                print(f"id: {issued.key.id}\nroles: {','.join(issued.key.roles)}\nkey (shown once): {issued.plaintext}")
+            elif args.action == "list":
+                for key in await apikeys.list_keys(db, tenant.id):
+                    state = "revoked" if key.revoked_at else "active"
+                    print(f"{key.id}\thub_{key.prefix}_…\t{','.join(key.roles)}\t{state}\t{key.name}")
+            elif args.action == "revoke":
+                async with mutation(db, _cli_context(tenant.id)) as m:
+                    await apikeys.revoke(m, args.key_id)
+                print(f"revoked {args.key_id}")
+        return 0
+    except HubError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        await db.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = get_settings()
+    if args.command == "serve":
+        from hub.serve import serve
+
+        return serve(settings, host=args.host, port=args.port)
+    return asyncio.run(_run(args, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

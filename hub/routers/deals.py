@@ -1,0 +1,241 @@
+"""Deals, and the CRM upsert by external reference."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, ValidationError
+
+from core import deals
+from core.changes import Mutation
+from core.identity import Principal
+from core.roles import Permission
+from core.schemas import BatchUpsertOut, DealCreate, DealFields, DealOut, DealPage, DealPatch, UpsertItem, UpsertResult
+from hub.auth import State, require
+from hub.problems import error_responses
+from hub.writes import IdempotencyKey, Outcome, perform
+
+router = APIRouter(prefix="/api/v1/deals", tags=["deals"])
+
+Reader = Annotated[Principal, Depends(require(Permission.DEALS_READ))]
+Writer = Annotated[Principal, Depends(require(Permission.DEALS_WRITE))]
+Deleter = Annotated[Principal, Depends(require(Permission.DEALS_DELETE))]
+Upserter = Annotated[Principal, Depends(require(Permission.DEALS_UPSERT))]
+DealId = Annotated[str, Path(description="The deal's id", examples=["3f2b8c1e-7d4a-4e1b-9c55-0a6f2d9e8b71"], max_length=36)]
+System = Annotated[
+    str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="The outside system", examples=["salesforce"])
+]
+ExternalIdPath = Annotated[
+    str, Path(min_length=1, max_length=255, description="The deal's id in that system", examples=["0065e00000Abc12AAC"])
+]
+
+_READ_ERRORS = error_responses(401, 403, 422, 500)
+_WRITE_ERRORS = error_responses(400, 401, 403, 409, 413, 415, 422, 500)
+
+_DEAL_EXAMPLE = {
+    "name": "Acme Series B",
+    "stage": "diligence",
+    "amount": "25000000.00",
+    "currency": "USD",
+    "close_date": "2027-03-31",
+    "company": "Acme Corp",
+    "owner": "jane@fund.example",
+    "attributes": {"sector": "fintech"},
+}
+
+
+@router.get("", response_model=DealPage, summary="List deals", responses=_READ_ERRORS)
+async def list_deals(
+    state: State,
+    principal: Reader,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size")] = 50,
+    cursor: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")] = None,
+    sort: Annotated[
+        str, Query(pattern=r"^-?(created_at|updated_at|name)$", description="Field to sort by; '-' for descending")
+    ] = "-created_at",
+    stage: Annotated[str | None, Query(max_length=64)] = None,
+    updated_since: Annotated[datetime | None, Query(description="Only deals updated at or after this time")] = None,
+    system: Annotated[str | None, Query(max_length=64, description="Only deals known to this system")] = None,
+    external_id: Annotated[str | None, Query(max_length=255, description="Only the deal with this external id")] = None,
+) -> DealPage:
+    async with state.db.read(principal.tenant_id) as session:
+        rows, next_cursor = await deals.list_deals(
+            session,
+            limit=limit,
+            cursor=cursor,
+            sort=sort,
+            stage=stage,
+            updated_since=updated_since,
+            system=system,
+            external_id=external_id,
+        )
+        return DealPage(items=[deals.view(d) for d in rows], next_cursor=next_cursor)
+
+
+@router.post(
+    "", status_code=201, response_model=DealOut, summary="Create a deal", responses=_WRITE_ERRORS
+)
+async def create_deal(
+    request: Request,
+    state: State,
+    principal: Writer,
+    body: Annotated[
+        DealCreate,
+        Body(
+            openapi_examples={
+                "deal": {
+                    "summary": "A deal known to Salesforce",
+                    "value": {**_DEAL_EXAMPLE, "external_refs": [{"system": "salesforce", "external_id": "0065e00000Abc12AAC"}]},
+                }
+            }
+        ),
+    ],
+    _key: IdempotencyKey = None,
+) -> Response:
+    async def action(m: Mutation) -> Outcome:
+        deal = await deals.create(m, body)
+        return Outcome(201, deals.view(deal), {"Location": f"/api/v1/deals/{deal.id}"})
+
+    return await perform(request, state, principal, action)
+
+
+@router.get("/{deal_id}", response_model=DealOut, summary="Get a deal", responses=error_responses(401, 403, 404, 500))
+async def get_deal(state: State, principal: Reader, deal_id: DealId) -> DealOut:
+    async with state.db.read(principal.tenant_id) as session:
+        return deals.view(await deals.get(session, deal_id))
+
+
+@router.patch(
+    "/{deal_id}",
+    response_model=DealOut,
+    summary="Change a deal (JSON merge patch)",
+    responses=error_responses(400, 401, 403, 404, 409, 412, 413, 415, 422, 500),
+)
+async def patch_deal(
+    request: Request,
+    state: State,
+    principal: Writer,
+    deal_id: DealId,
+    body: Annotated[DealPatch, Body(openapi_examples={"stage": {"summary": "Move to IC review", "value": {"stage": "ic_review"}}})],
+    _key: IdempotencyKey = None,
+) -> Response:
+    async def action(m: Mutation) -> Outcome:
+        return Outcome(200, deals.view(await deals.update(m, deal_id, body)))
+
+    return await perform(request, state, principal, action)
+
+
+@router.delete(
+    "/{deal_id}", status_code=204, summary="Delete a deal", responses=error_responses(401, 403, 404, 412, 500)
+)
+async def delete_deal(request: Request, state: State, principal: Deleter, deal_id: DealId) -> Response:
+    async def action(m: Mutation) -> Outcome:
+        await deals.delete(m, deal_id)
+        return Outcome(204)
+
+    return await perform(request, state, principal, action)
+
+
+@router.get(
+    "/by-ref/{system}/{external_id}",
+    response_model=DealOut,
+    summary="Get a deal by its external reference",
+    responses=error_responses(401, 403, 404, 422, 500),
+)
+async def get_deal_by_ref(state: State, principal: Reader, system: System, external_id: ExternalIdPath) -> DealOut:
+    async with state.db.read(principal.tenant_id) as session:
+        return deals.view(await deals.get_by_ref(session, system, external_id))
+
+
+@router.put(
+    "/by-ref/{system}/{external_id}",
+    response_model=DealOut,
+    summary="Create or update a deal by its external reference (CRM upsert)",
+    description=(
+        "Idempotent by the natural key (tenant, system, external id): 201 when the deal is created, "
+        "200 when it is updated or already identical. An identical payload changes nothing and emits no event."
+    ),
+    responses={201: {"model": DealOut, "description": "Created"}, **_WRITE_ERRORS},
+)
+async def upsert_deal(
+    request: Request,
+    state: State,
+    principal: Upserter,
+    system: System,
+    external_id: ExternalIdPath,
+    body: Annotated[DealFields, Body(openapi_examples={"deal": {"summary": "A CRM opportunity", "value": _DEAL_EXAMPLE}})],
+    _key: IdempotencyKey = None,
+) -> Response:
+    async def action(m: Mutation) -> Outcome:
+        (outcome,) = await deals.upsert_many(m, [(system, external_id, body)])
+        status = 201 if outcome.status == "created" else 200
+        headers = {"Location": f"/api/v1/deals/{outcome.deal.id}", "X-Upsert-Outcome": outcome.status}
+        return Outcome(status, deals.view(outcome.deal), headers)
+
+    return await perform(request, state, principal, action)
+
+
+class BatchUpsertIn(BaseModel):
+    # Items are validated one by one, so one bad record fails alone, not the batch.
+    items: list[Annotated[UpsertItem | dict[str, Any], Field(union_mode="left_to_right")]] = Field(
+        min_length=1, max_length=1000
+    )
+
+
+@router.post(
+    "/batch-upsert",
+    response_model=BatchUpsertOut,
+    summary="Upsert up to 1,000 deals by external reference",
+    description="One transaction; a result per item, in input order. Invalid items fail alone.",
+    responses=_WRITE_ERRORS,
+)
+async def batch_upsert(
+    request: Request,
+    state: State,
+    principal: Upserter,
+    body: Annotated[
+        BatchUpsertIn,
+        Body(
+            openapi_examples={
+                "two": {
+                    "summary": "Two opportunities",
+                    "value": {
+                        "items": [
+                            {"system": "salesforce", "external_id": "006A", "deal": _DEAL_EXAMPLE},
+                            {"system": "salesforce", "external_id": "006B", "deal": {"name": "Beta Seed"}},
+                        ]
+                    },
+                }
+            }
+        ),
+    ],
+    _key: IdempotencyKey = None,
+) -> Response:
+    results: list[UpsertResult | None] = [None] * len(body.items)
+    valid: list[tuple[int, UpsertItem]] = []
+    for index, raw in enumerate(body.items):
+        if isinstance(raw, UpsertItem):
+            valid.append((index, raw))
+            continue
+        try:
+            valid.append((index, UpsertItem.model_validate(raw)))
+        except ValidationError as exc:
+            errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+            results[index] = UpsertResult(
+                index=index, status="failed", error={"code": "VALIDATION_FAILED", "details": errors}
+            )
+
+    async def action(m: Mutation) -> Outcome:
+        outcomes = await deals.upsert_many(m, [(item.system, item.external_id, item.deal) for _, item in valid])
+        for (index, _), outcome in zip(valid, outcomes, strict=True):
+            results[index] = UpsertResult(
+                index=index, status=outcome.status, deal_id=outcome.deal.id, version=outcome.deal.version
+            )
+        final = [r for r in results if r is not None]
+        counts = {s: sum(1 for r in final if r.status == s) for s in ("created", "updated", "unchanged", "failed")}
+        return Outcome(200, BatchUpsertOut(**counts, results=final))
+
+    return await perform(request, state, principal, action)

@@ -1,0 +1,15 @@
+"""`hub serve`: the API under uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from core.settings import Settings
+from hub.app import create_app
+
+
+def serve(settings: Settings, *, host: str, port: int) -> int:
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    uvicorn.Server(config).run()
+    return 0

@@ -1,0 +1,53 @@
+"""What the running app holds: built once in the lifespan, reached through `request.app.state.hub`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from core.db import Database
+from core.identity import Principal
+from core.settings import Settings
+from core.tokens import JWTVerifier
+
+
+class TTLCache:
+    """A small time-bounded cache for hot lookups (API keys, tenant ids)."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._items: dict[str, tuple[float, object]] = {}
+
+    def get(self, key: str) -> object | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if expires < time.monotonic():
+            self._items.pop(key, None)
+            return None
+        return value
+
+    def put(self, key: str, value: object) -> None:
+        if len(self._items) >= self.max_entries:
+            self._items.clear()
+        self._items[key] = (time.monotonic() + self.ttl, value)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+@dataclass
+class HubState:
+    settings: Settings
+    db: Database
+    jwt: JWTVerifier
+    # API keys and tenant existence are re-read at most every `api_key_cache_seconds`;
+    # a revocation through this process clears the cache at once.
+    principals: TTLCache = field(default_factory=lambda: TTLCache(5.0))
+    tenants: TTLCache = field(default_factory=lambda: TTLCache(30.0))
+
+    def cached_principal(self, raw_key: str) -> Principal | None:
+        value = self.principals.get(raw_key)
+        return value if isinstance(value, Principal) else None

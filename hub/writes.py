@@ -1,0 +1,107 @@
+"""Running a mutating route: one transaction for the change, its audit and outbox
+events and, when the caller sent an `Idempotency-Key`, the stored response."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Header, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from core import idempotency
+from core.changes import ChangeContext, Mutation, mutation
+from core.errors import IdempotencyInProgress
+from core.identity import Principal
+from core.jsonable import dumps
+from hub.state import HubState
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Repeat a request safely: the same key and payload return the first response.",
+        examples=["5b0c2f7e-3a1d-4f7a-9f1e-2b8d7c6a5e41"],
+    ),
+]
+_RETRY_PAUSE_SECONDS = 0.02
+
+
+@dataclass
+class Outcome:
+    status_code: int
+    body: BaseModel | dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    # What the idempotency store keeps instead of `body`, when the body holds a secret.
+    stored_body: BaseModel | dict[str, Any] | None = None
+
+
+Action = Callable[[Mutation], Awaitable[Outcome]]
+
+
+def _render(body: BaseModel | dict[str, Any] | None) -> bytes:
+    if body is None:
+        return b""
+    if isinstance(body, BaseModel):
+        return body.model_dump_json().encode()
+    return dumps(body)
+
+
+def _response(status_code: int, body: bytes, headers: dict[str, str], *, replayed: bool = False) -> Response:
+    headers = dict(headers)
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    media_type = "application/json" if body else None
+    return Response(body, status_code=status_code, media_type=media_type, headers=headers)
+
+
+def _replay(stored: idempotency.StoredResponse) -> Response:
+    return _response(stored.status_code, stored.body, stored.headers, replayed=True)
+
+
+async def perform(request: Request, state: HubState, principal: Principal, action: Action) -> Response:
+    key = request.headers.get("idempotency-key")
+    context = ChangeContext(principal, getattr(request.state, "request_id", None), key)
+    if key is None:
+        async with mutation(state.db, context) as m:
+            outcome = await action(m)
+        return _response(outcome.status_code, _render(outcome.body), outcome.headers)
+
+    idempotency.check_key(key)
+    actor = principal.actor_key
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    fingerprint = idempotency.fingerprint(request.method, path, await request.body())
+    deadline = time.monotonic() + state.settings.idempotency_wait_seconds
+    ttl = timedelta(hours=state.settings.idempotency_ttl_hours)
+    while True:
+        async with state.db.read(principal.tenant_id) as session:
+            stored = await idempotency.find(session, actor, key, fingerprint)
+        if stored is not None:
+            return _replay(stored)
+        async with mutation(state.db, context) as m:
+            claimed = await idempotency.claim(
+                m.session, tenant_id=principal.tenant_id, actor=actor, key=key, request_fingerprint=fingerprint, ttl=ttl
+            )
+            if claimed:
+                outcome = await action(m)
+                body = _render(outcome.body)
+                kept = body if outcome.stored_body is None else _render(outcome.stored_body)
+                media_type = "application/json" if kept else None
+                await idempotency.complete(
+                    m.session,
+                    actor=actor,
+                    key=key,
+                    response=idempotency.StoredResponse(outcome.status_code, media_type, kept, outcome.headers),
+                )
+        if claimed:
+            return _response(outcome.status_code, body, outcome.headers)
+        # Another request holds the key: its transaction is still open or just committed.
+        if time.monotonic() > deadline:
+            raise IdempotencyInProgress("A request with this Idempotency-Key is still being processed; retry later")
+        await asyncio.sleep(_RETRY_PAUSE_SECONDS)

@@ -1,0 +1,179 @@
+"""Shared fixtures. Every test that touches storage runs against a real SQLite file
+and, when one answers at 127.0.0.1:5432, a real PostgreSQL (a fresh database per run)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core import apikeys, tenants
+from core.changes import ChangeContext, mutation
+from core.db import Database
+from core.identity import Principal
+from core.roles import Role
+from core.settings import Settings
+from hub.app import create_app
+
+PG_ADMIN_URL = os.environ.get("HUB_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_JWT_SECRET = "test-only-" + "k" * 40
+TEST_ISSUER = "https://idp.test"
+TEST_AUDIENCE = "deal-hub"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+async def _pg_create_database() -> str:
+    import asyncpg
+
+    name = f"hub_test_{os.getpid()}_{secrets.token_hex(3)}"
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def _pg_drop_database(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def pg_url(database: str) -> str:
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'hub.db'}"
+        return
+    if not _port_open("127.0.0.1", 5432):
+        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
+    name = await _pg_create_database()
+    try:
+        yield pg_url(name)
+    finally:
+        await _pg_drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def jwks_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.keys import write_jwks
+
+    return write_jwks(tmp_path_factory.mktemp("jwks") / "jwks.json")
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory, jwks_file: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        data_dir=tmp_path_factory.mktemp("data"),
+        demo_tenant=False,
+        jwt_secret=TEST_JWT_SECRET,
+        jwt_issuer=TEST_ISSUER,
+        jwt_audience=TEST_AUDIENCE,
+        jwks_file=jwks_file,
+        max_body_bytes=256 * 1024,
+        idempotency_wait_seconds=30.0,
+    )
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[object]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+def db(app: object) -> Database:
+    return app.state.hub.db  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.fixture
+async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as c:
+        yield c
+
+
+@dataclass
+class TenantHandle:
+    """A tenant made for one test, with an API key per role."""
+
+    id: str
+    name: str
+    keys: dict[Role, str] = field(default_factory=dict)
+
+    def headers(self, role: Role = Role.ADMIN, **extra: str) -> dict[str, str]:
+        return {"X-API-Key": self.keys[role], **extra}
+
+
+async def new_tenant(db: Database, roles: tuple[Role, ...] = tuple(Role)) -> TenantHandle:
+    tenant = await tenants.create(db, f"t-{uuid.uuid4().hex[:12]}")
+    handle = TenantHandle(tenant.id, tenant.name)
+    system = Principal(tenant.id, "system", "test-setup", frozenset({Role.ADMIN}))
+    async with mutation(db, ChangeContext(system)) as m:
+        for role in roles:
+            issued = await apikeys.issue(m, name=f"{role.value} key", roles={role})
+            handle.keys[role] = issued.plaintext
+    return handle
+
+
+@pytest.fixture
+def make_tenant(db: Database) -> Callable[..., Awaitable[TenantHandle]]:
+    async def make(roles: tuple[Role, ...] = tuple(Role)) -> TenantHandle:
+        return await new_tenant(db, roles)
+
+    return make
+
+
+@pytest.fixture
+async def tenant(make_tenant: Callable[..., Awaitable[TenantHandle]]) -> TenantHandle:
+    return await make_tenant()
+
+
+@pytest.fixture
+async def other_tenant(make_tenant: Callable[..., Awaitable[TenantHandle]]) -> TenantHandle:
+    return await make_tenant()
+
+
+def deal_body(name: str = "Acme Series B", **overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "name": name,
+        "stage": "diligence",
+        "amount": "25000000.00",
+        "currency": "USD",
+        "close_date": "2027-03-31",
+        "company": "Acme Corp",
+        "owner": "jane@fund.example",
+        "attributes": {"sector": "fintech"},
+    }
+    body.update(overrides)
+    return body
+
+
+__all__ = ["TenantHandle", "asyncio", "deal_body", "new_tenant"]
