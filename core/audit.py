@@ -114,6 +114,11 @@ class AuditTrail:
         row["hash"] = self._hash = event_hash(self._hash, row)
         self._pending.append(row)
 
+    @property
+    def written(self) -> int:
+        """Events recorded in this transaction (committed if it commits)."""
+        return self._seq - self._start_seq
+
     async def flush(self) -> None:
         if not self._pending:
             return

@@ -17,12 +17,29 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.sql.util import find_tables
 
-from core.models import TenantOwned
+from core.models import Base, TenantOwned
 
 
 class TenantScopeMissing(RuntimeError):
     """A query on tenant-owned rows was attempted without a tenant."""
+
+
+def _tenant_table_names() -> frozenset[str]:
+    return frozenset(
+        m.local_table.name for m in Base.registry.mappers if issubclass(m.class_, TenantOwned)
+    )
+
+
+def _touches_tenant_rows(state: ORMExecuteState) -> bool:
+    if any(issubclass(m.class_, TenantOwned) for m in state.all_mappers):
+        return True
+    # An entity named only in select_from() (`select(func.count()).select_from(Deal)`)
+    # is not among all_mappers, yet it reads tenant rows: look at the tables too.
+    names = _tenant_table_names()
+    tables = find_tables(state.statement, include_aliases=True, include_joins=True, include_crud=True)
+    return any(getattr(t, "name", None) in names for t in tables)
 
 
 @event.listens_for(Session, "do_orm_execute")
@@ -31,7 +48,7 @@ def _scope_to_tenant(state: ORMExecuteState) -> None:
         return
     if state.execution_options.get("cross_tenant", False):
         return
-    if not any(issubclass(m.class_, TenantOwned) for m in state.all_mappers):
+    if not _touches_tenant_rows(state):
         return
     tenant_id = state.session.info.get("tenant_id")
     if tenant_id is None:

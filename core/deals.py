@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -15,7 +15,7 @@ from core.changes import Mutation
 from core.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from core.models import Deal, DealRef, new_id
 from core.pagination import MAX_LIMIT, Sort, page, split
-from core.schemas import DealCreate, DealFields, DealOut, DealPatch, ExternalRef
+from core.schemas import MAX_ATTRIBUTES, DealCreate, DealFields, DealOut, DealPatch, ExternalRef
 
 RESOURCE = "deal"
 BUSINESS_FIELDS = ("name", "stage", "amount", "currency", "close_date", "company", "owner", "attributes")
@@ -129,24 +129,26 @@ def _new_deal(m: Mutation, fields: DealFields, refs: Sequence[ExternalRef]) -> D
 
 
 async def create(m: Mutation, data: DealCreate) -> Deal:
-    unique_refs = {(r.system, r.external_id): r for r in data.external_refs}
-    if len(unique_refs) != len(data.external_refs):
-        raise ValidationFailed("An external reference is listed twice")
-    taken = await _refs_taken(m.session, data.external_refs)
+    # A reference listed twice means the same thing as once.
+    refs = list({(r.system, r.external_id): r for r in data.external_refs}.values())
+    taken = await _refs_taken(m.session, refs)
     if taken:
         raise Conflict(
             "An external reference already belongs to another deal",
             details=[{"loc": ["body", "external_refs"], "msg": f"{r.system}/{r.external_id} is taken"} for r in taken],
         )
-    deal = _new_deal(m, data, data.external_refs)
+    deal = _new_deal(m, data, refs)
     m.session.add(deal)
     m.record("deal.created", resource_type=RESOURCE, resource_id=deal.id, before=None, after=snapshot(deal), payload=_payload(deal))
     await m.session.flush()
     return deal
 
 
-def _check_version(deal: Deal, expected_version: int | None) -> None:
-    if expected_version is not None and deal.version != expected_version:
+Precondition = Callable[[Deal], bool]
+
+
+def _check(deal: Deal, precondition: Precondition | None) -> None:
+    if precondition is not None and not precondition(deal):
         raise PreconditionFailed("The deal changed since you read it")
 
 
@@ -177,12 +179,21 @@ def _apply(m: Mutation, deal: Deal, values: dict[str, Any]) -> list[str] | None:
     return changed
 
 
-async def update(m: Mutation, deal_id: str, patch: DealPatch, *, expected_version: int | None = None) -> Deal:
+async def update(m: Mutation, deal_id: str, patch: DealPatch, *, precondition: Precondition | None = None) -> Deal:
+    """Apply a merge patch; `precondition` (e.g. an If-Match check) is tested on the
+    current row inside the transaction."""
     deal = await get(m.session, deal_id)
-    _check_version(deal, expected_version)
+    _check(deal, precondition)
     values = {k: getattr(patch, k) for k in patch.model_fields_set}
     if "attributes" in values:
-        values["attributes"] = merge_patch(deal.attributes, values["attributes"] or {})
+        # Merge patch: an object merges into the attributes, null clears them all.
+        patch_attributes = values["attributes"]
+        values["attributes"] = {} if patch_attributes is None else merge_patch(deal.attributes, patch_attributes)
+        if len(values["attributes"]) > MAX_ATTRIBUTES:
+            raise ValidationFailed(
+                f"A deal has at most {MAX_ATTRIBUTES} attributes",
+                details=[{"loc": ["body", "attributes"], "msg": f"at most {MAX_ATTRIBUTES} attributes after the merge"}],
+            )
     before = snapshot(deal)
     changed = _apply(m, deal, values)
     if changed is not None:
@@ -194,10 +205,10 @@ async def update(m: Mutation, deal_id: str, patch: DealPatch, *, expected_versio
     return deal
 
 
-async def delete(m: Mutation, deal_id: str, *, expected_version: int | None = None) -> None:
+async def delete(m: Mutation, deal_id: str, *, precondition: Precondition | None = None) -> None:
     """Soft delete: the row stays for the audit trail and for a CRM that re-sends it."""
     deal = await get(m.session, deal_id)
-    _check_version(deal, expected_version)
+    _check(deal, precondition)
     before = snapshot(deal)
     deal.deleted_at = m.now
     deal.version += 1
@@ -210,6 +221,8 @@ async def delete(m: Mutation, deal_id: str, *, expected_version: int | None = No
 class UpsertOutcome:
     status: Literal["created", "updated", "unchanged"]
     deal: Deal
+    # The deal's version right after this item (a later item of the batch may change the deal again).
+    version: int
 
 
 async def _load_by_refs(session: AsyncSession, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Deal]:
@@ -243,17 +256,17 @@ async def upsert_many(m: Mutation, items: Sequence[tuple[str, str, DealFields]])
             m.session.add(deal)
             known[key] = deal
             m.record("deal.created", resource_type=RESOURCE, resource_id=deal.id, before=None, after=snapshot(deal), payload=_payload(deal))
-            outcomes.append(UpsertOutcome("created", deal))
+            outcomes.append(UpsertOutcome("created", deal, deal.version))
             continue
         before = snapshot(deal)
         changed = _apply(m, deal, {f: getattr(fields, f) for f in BUSINESS_FIELDS})
         if changed is None:
-            outcomes.append(UpsertOutcome("unchanged", deal))
+            outcomes.append(UpsertOutcome("unchanged", deal, deal.version))
             continue
         m.record(
             "deal.updated", resource_type=RESOURCE, resource_id=deal.id, before=before, after=snapshot(deal),
             payload=_payload(deal, changed),
         )
-        outcomes.append(UpsertOutcome("updated", deal))
+        outcomes.append(UpsertOutcome("updated", deal, deal.version))
     await m.session.flush()
     return outcomes

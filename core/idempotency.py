@@ -6,6 +6,7 @@ the winner's commit (PostgreSQL's unique index; SQLite's single writer)."""
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -17,7 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import IdempotencyKeyReused, ValidationFailed
 from core.models import IdempotencyRecord, utcnow
 
-MAX_KEY_LENGTH = 255
+# Visible ASCII, as HTTP header values should be.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
+_VALID_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +32,9 @@ class StoredResponse:
 
 
 def check_key(key: str) -> str:
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+    if not _VALID_KEY.match(key):
         raise ValidationFailed(
-            "Idempotency-Key must be 1-255 printable characters",
+            "Idempotency-Key must be 1-255 visible ASCII characters",
             details=[{"loc": ["header", "Idempotency-Key"], "msg": "invalid idempotency key"}],
         )
     return key

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.types import TypeDecorator
 
 from core.errors import ValidationFailed
 from core.jsonable import iso
@@ -31,19 +32,40 @@ def encode_cursor(value: Any, row_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[Any, str]:
+def _invalid_cursor() -> ValidationFailed:
+    return ValidationFailed(
+        "The cursor is not one this API issued", details=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
+    )
+
+
+def decode_cursor(cursor: str, expected: type | None = None) -> tuple[Any, str]:
+    """The (sort value, id) a cursor holds; with `expected`, the value must be of that type
+    (a cursor of one sort given with another, or a forged one, is refused, not run)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value, row_id = orjson.loads(raw)
         if isinstance(value, dict):
             value = datetime.fromisoformat(value["t"].replace("Z", "+00:00"))
+            if value.tzinfo is None:
+                raise ValueError
         if not isinstance(row_id, str):
             raise ValueError
-        return value, row_id
-    except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError):
-        raise ValidationFailed(
-            "The cursor is not one this API issued", details=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
-        ) from None
+    except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, orjson.JSONDecodeError):
+        raise _invalid_cursor() from None
+    if expected is not None and not isinstance(value, expected):
+        raise _invalid_cursor()
+    return value, row_id
+
+
+def _python_type(column: InstrumentedAttribute[Any]) -> type | None:
+    """What a cursor value for this column must be (the stored type for a TypeDecorator)."""
+    column_type = column.type
+    if isinstance(column_type, TypeDecorator):
+        column_type = column_type.impl_instance
+    try:
+        return column_type.python_type  # type: ignore[no-any-return]
+    except NotImplementedError:
+        return None
 
 
 def page(stmt: Select[Any], sort: Sort, id_column: InstrumentedAttribute[Any], *, limit: int, cursor: str | None) -> Select[Any]:
@@ -51,7 +73,7 @@ def page(stmt: Select[Any], sort: Sort, id_column: InstrumentedAttribute[Any], *
     know whether there is a next page."""
     col = sort.column
     if cursor:
-        value, last_id = decode_cursor(cursor)
+        value, last_id = decode_cursor(cursor, _python_type(col))
         if sort.descending:
             stmt = stmt.where(or_(col < value, and_(col == value, id_column < last_id)))
         else:

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     demo_tenant: bool = True
 
     log_level: str = "INFO"
+    log_json: bool = True
+
+    # Rate limits per tenant (overridable per tenant: `hub tenants limits`)
+    rate_limit_user_per_minute: int = Field(default=600, ge=1)
+    rate_limit_integration_per_minute: int = Field(default=1200, ge=1)
+    rate_limit_burst_multiplier: float = Field(default=2.0, ge=1.0)
+    redis_timeout_seconds: float = Field(default=0.25, gt=0)
 
     @field_validator("jwt_algorithms", mode="before")
     @classmethod

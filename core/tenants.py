@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from core import audit
+from core.changes import Mutation
 from core.db import Database
 from core.errors import Conflict, NotFound, ValidationFailed
 from core.models import Tenant, new_id, utcnow
@@ -42,3 +43,28 @@ async def find_by_name(db: Database, name: str) -> Tenant | None:
 async def list_all(db: Database) -> list[Tenant]:
     async with db.read(None) as session:
         return list((await session.execute(select(Tenant).order_by(Tenant.created_at))).scalars())
+
+
+LIMIT_KEYS = {"user_per_minute": int, "integration_per_minute": int, "burst_multiplier": float}
+
+
+async def set_limits(m: Mutation, limits: dict[str, float | int | None]) -> Tenant:
+    """Override the tenant's rate limits; a None value goes back to the default."""
+    unknown = set(limits) - set(LIMIT_KEYS)
+    if unknown:
+        raise ValidationFailed(f"Unknown limits: {sorted(unknown)}")
+    tenant = (await m.session.execute(select(Tenant).where(Tenant.id == m.tenant_id))).scalar_one()
+    before = dict(tenant.limits or {})
+    after = dict(before)
+    for name, value in limits.items():
+        if value is None:
+            after.pop(name, None)
+            continue
+        if value <= 0 or (name == "burst_multiplier" and value < 1):
+            raise ValidationFailed(f"{name} must be positive (and burst_multiplier at least 1)")
+        after[name] = LIMIT_KEYS[name](value)
+    if after != before:
+        tenant.limits = after
+        m.record("tenant.limits_changed", resource_type="tenant", resource_id=tenant.id, before=before, after=after, payload={"limits": after})
+        await m.session.flush()
+    return tenant

@@ -61,7 +61,7 @@ class JWTVerifier:
 
     async def _key_for(self, header: dict[str, Any]) -> Any:
         alg = header.get("alg")
-        if alg not in self._algorithms:
+        if not isinstance(alg, str) or alg not in self._algorithms:
             raise Unauthorized("Token algorithm not accepted")
         if alg == "HS256":
             if not self._secret:
@@ -78,6 +78,9 @@ class JWTVerifier:
             raise Unauthorized("Signing keys are unavailable") from None
         key = self._keys.get(kid) or (next(iter(self._keys.values())) if len(self._keys) == 1 and not kid else None)
         if key is None:
+            raise Unauthorized("Token signed with an unknown key")
+        if key.algorithm_name != alg:
+            # A kid naming a key of another algorithm (an EC key for RS256): not this key.
             raise Unauthorized("Token signed with an unknown key")
         return key.key
 

@@ -9,21 +9,27 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from redis.asyncio import Redis
+from starlette.types import Scope
 
 from core import apikeys, tenants
 from core.changes import ChangeContext, mutation
 from core.db import Database
+from core.embedded_redis import EmbeddedRedis
 from core.identity import Principal
 from core.migrate import upgrade_to_head
+from core.ratelimit import RateLimiter
 from core.roles import Role
 from core.settings import Settings, get_settings
 from core.tokens import JWTVerifier
+from hub.metrics import HubMetrics
 from hub.middleware import EdgeMiddleware
 from hub.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, Problem
 from hub.routers import api_keys, audit, deals, health, identity
 from hub.state import HubState, TTLCache
 
 log = logging.getLogger("hub")
+request_log = logging.getLogger("hub.request")
 API_VERSION = "1.0.0"
 DEMO_TENANT = "demo"
 
@@ -48,15 +54,44 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema(
         ref_template="#/components/schemas/{model}"
     )
-    # Errors are problem+json only; FastAPI would also advertise application/json.
+    # Errors are problem+json only; FastAPI would also advertise application/json, and
+    # adds a 422 `HTTPValidationError` of its own to routes with parameters.
+    problem_content = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             for status, response in operation.get("responses", {}).items():
-                content = response.get("content", {})
-                if status[0] in "45" and MEDIA_TYPE in content:
-                    content.pop("application/json", None)
+                if status[0] in "45":
+                    content = response.get("content", {})
+                    response["content"] = {MEDIA_TYPE: content[MEDIA_TYPE]} if MEDIA_TYPE in content else dict(problem_content)
     app.openapi_schema = schema
     return schema
+
+
+def _route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    # Unmatched paths share one label: raw paths would let callers mint label values.
+    return getattr(route, "path", None) or "unmatched"
+
+
+def _on_request(scope: Scope, status: int, seconds: float) -> None:
+    app = scope.get("app")
+    state: HubState | None = getattr(getattr(app, "state", None), "hub", None)
+    route = _route_label(scope)
+    if state is not None:
+        state.metrics.observe_request(scope["method"], route, status, seconds)
+    request_state = scope.get("state", {})
+    principal = request_state.get("principal")
+    request_log.info(
+        "request",
+        extra={
+            "request_id": request_state.get("request_id"),
+            "tenant_id": getattr(principal, "tenant_id", None),
+            "method": scope["method"],
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+        },
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,12 +101,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.is_sqlite:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
+        embedded_redis = None
+        redis_url = settings.redis_url
+        if redis_url is None:
+            embedded_redis = EmbeddedRedis(settings.data_dir / "redis")
+            redis_url = embedded_redis.start()
+            log.info("embedded Redis started", extra={"port": embedded_redis.port})
         await upgrade_to_head(settings.effective_database_url)
         db = Database(settings.effective_database_url, pool_size=settings.db_pool_size, echo=settings.sql_echo)
+        redis = Redis.from_url(
+            redis_url,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+        )
+        metrics = HubMetrics()
         app.state.hub = HubState(
             settings=settings,
             db=db,
             jwt=JWTVerifier(settings),
+            redis=redis,
+            limiter=RateLimiter(redis, on_fail_open=metrics.rate_limit_fail_open.inc),
+            metrics=metrics,
             principals=TTLCache(settings.api_key_cache_seconds),
         )
         if settings.demo_tenant:
@@ -85,7 +135,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await redis.aclose()
             await db.dispose()
+            if embedded_redis is not None:
+                embedded_redis.stop()
 
     app = FastAPI(
         title="Deal hub",
@@ -96,6 +149,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (health, identity, deals, audit, api_keys):
         app.include_router(module.router)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, on_request=_on_request)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

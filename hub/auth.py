@@ -11,8 +11,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from core import apikeys
 from core.errors import Forbidden, Unauthorized
 from core.identity import Principal
-from core.models import Tenant
 from core.roles import Permission, allows
+from hub import rate_limits
 from hub.state import HubState
 
 _api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key issued by `hub apikeys create`")
@@ -25,16 +25,6 @@ def hub_state(request: Request) -> HubState:
 
 
 State = Annotated[HubState, Depends(hub_state)]
-
-
-async def _tenant_exists(state: HubState, tenant_id: str) -> bool:
-    if state.tenants.get(tenant_id):
-        return True
-    async with state.db.read(tenant_id) as session:
-        exists = await session.get(Tenant, tenant_id) is not None
-    if exists:
-        state.tenants.put(tenant_id, True)
-    return exists
 
 
 async def authenticate(
@@ -52,7 +42,7 @@ async def authenticate(
             state.principals.put(api_key, principal)
     elif bearer is not None:
         principal = await state.jwt.verify(bearer.credentials)
-        if not await _tenant_exists(state, principal.tenant_id):
+        if await state.tenant_limits(principal.tenant_id) is None:
             raise Unauthorized("The token's tenant does not exist")
     else:
         raise Unauthorized("Send an X-API-Key header or an Authorization: Bearer token")
@@ -61,9 +51,11 @@ async def authenticate(
 
 
 def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that authenticates and checks `permission` against the policy table."""
+    """A dependency that authenticates, applies the tenant's rate limit, and checks
+    `permission` against the policy table."""
 
-    async def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def check(request: Request, state: State, principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        await rate_limits.enforce(request, state, principal, permission)
         if not allows(principal.roles, permission):
             raise Forbidden(f"Your roles do not allow {permission.value}")
         return principal

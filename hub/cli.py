@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     create_tenant = tenants_p.add_parser("create", help="Create a tenant")
     create_tenant.add_argument("name")
     tenants_p.add_parser("list", help="List tenants")
+    limits = tenants_p.add_parser("limits", help="Override a tenant's rate limits (0 restores the default)")
+    limits.add_argument("tenant", help="Tenant id or name")
+    limits.add_argument("--user-per-minute", type=int)
+    limits.add_argument("--integration-per-minute", type=int)
+    limits.add_argument("--burst-multiplier", type=float)
 
     keys_p = sub.add_parser("apikeys", help="Manage API keys").add_subparsers(dest="action", required=True)
     create_key = keys_p.add_parser("create", help="Issue a key; its secret is printed once")
@@ -45,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys_p.add_parser("revoke", help="Revoke a key")
     revoke.add_argument("--tenant", required=True)
     revoke.add_argument("key_id")
+
+    openapi = sub.add_parser("openapi", help="Print the OpenAPI schema; check or refresh the contract snapshot")
+    openapi_mode = openapi.add_mutually_exclusive_group()
+    openapi_mode.add_argument("--check", action="store_true", help="Exit 1 listing breaking changes vs the snapshot")
+    openapi_mode.add_argument("--write", action="store_true", help="Refresh the snapshot from the current app")
+    openapi.add_argument("--snapshot", default=None, help="Snapshot file (default: hub/openapi.snapshot.json)")
     return parser
 
 
@@ -72,6 +83,16 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         elif args.command == "tenants" and args.action == "create":
             tenant = await tenants.create(db, args.name)
             print(f"{tenant.id}\t{tenant.name}")
+        elif args.command == "tenants" and args.action == "limits":
+            tenant = await _tenant(db, args.tenant)
+            wanted = {
+                name: (None if value == 0 else value)
+                for name in tenants.LIMIT_KEYS
+                if (value := getattr(args, name)) is not None
+            }
+            async with mutation(db, _cli_context(tenant.id)) as m:
+                tenant = await tenants.set_limits(m, wanted)
+            print(f"{tenant.name}: {tenant.limits or 'defaults'}")
         elif args.command == "tenants" and args.action == "list":
             for tenant in await tenants.list_all(db):
                 print(f"{tenant.id}\t{tenant.name}")
@@ -99,6 +120,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "openapi":  # no settings, database or migrations needed
+        from hub.contract import run_cli
+
+        return run_cli(check_only=args.check, write=args.write, snapshot=args.snapshot)
     settings = get_settings()
     if args.command == "serve":
         from hub.serve import serve

@@ -20,9 +20,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hub.problems import MEDIA_TYPE, problem_body
 
 log = logging.getLogger("hub.request")
+# Headers a dependency wants on the response whatever it turns out to be (a route's own
+# Response, an error): rate-limit state, deprecation notices. Set with `add_edge_headers`.
+EDGE_HEADERS = "edge_headers"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
 _JSON_TYPES = ("application/json", "application/merge-patch+json")
+
+
+def add_edge_headers(request_state: Any, headers: dict[str, str]) -> None:
+    """Have `EdgeMiddleware` put `headers` on this request's response, error or not."""
+    current = getattr(request_state, EDGE_HEADERS, None) or {}
+    setattr(request_state, EDGE_HEADERS, {**current, **headers})
 
 
 class BodyTooLarge(HTTPException):
@@ -36,6 +45,16 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
             return value
+    return None
+
+
+def _caller_request_id(scope: Scope) -> str | None:
+    """The caller's id: the first valid one of X-Request-ID and X-Correlation-ID."""
+    for name in (b"x-request-id", b"x-correlation-id"):
+        value = _header(scope, name)
+        candidate = value.decode("latin-1") if value else ""
+        if _VALID_REQUEST_ID.match(candidate):
+            return candidate
     return None
 
 
@@ -56,10 +75,9 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        incoming = _header(scope, b"x-request-id") or _header(scope, b"x-correlation-id")
-        candidate = incoming.decode("latin-1") if incoming else ""
-        request_id = candidate if _VALID_REQUEST_ID.match(candidate) else str(uuid.uuid4())
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = _caller_request_id(scope) or str(uuid.uuid4())
+        request_state = scope.setdefault("state", {})
+        request_state["request_id"] = request_id
         rid_header = (b"x-request-id", request_id.encode())
         status_holder = {"status": 500, "started": False}
 
@@ -67,7 +85,14 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 status_holder["started"] = True
-                message["headers"] = [*message.get("headers", []), rid_header]
+                headers = message.get("headers", [])
+                present = {name.lower() for name, _ in headers}
+                extra = [rid_header]
+                for name, value in (request_state.get(EDGE_HEADERS) or {}).items():
+                    encoded = name.lower().encode("latin-1")
+                    if encoded not in present:
+                        extra.append((encoded, value.encode("latin-1")))
+                message["headers"] = [*headers, *extra]
             await send(message)
 
         async def reply(status: int, code: str, title: str, detail: str) -> None:

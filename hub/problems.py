@@ -31,20 +31,24 @@ class Problem(BaseModel):
     request_id: str | None = Field(default=None, examples=["7c3f4a52-1f0e-4a55-9f8e-9f7f8a2b1c3d"])
 
 
+def problem_document(
+    status: int, code: str, title: str, detail: str, *, request_id: str | None, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    return {
+        "type": PROBLEM_TYPE_BASE + code.lower().replace("_", "-"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "details": details or [],
+        "request_id": request_id,
+    }
+
+
 def problem_body(
     status: int, code: str, title: str, detail: str, *, request_id: str | None, details: list[dict[str, Any]] | None = None
 ) -> bytes:
-    return dumps(
-        {
-            "type": PROBLEM_TYPE_BASE + code.lower().replace("_", "-"),
-            "title": title,
-            "status": status,
-            "detail": detail,
-            "code": code,
-            "details": details or [],
-            "request_id": request_id,
-        }
-    )
+    return dumps(problem_document(status, code, title, detail, request_id=request_id, details=details))
 
 
 def problem(

@@ -6,10 +6,14 @@ import uvicorn
 
 from core.settings import Settings
 from hub.app import create_app
+from hub.logs import configure_logging
 
 
 def serve(settings: Settings, *, host: str, port: int) -> int:
+    configure_logging(settings.log_level, json_lines=settings.log_json)
     app = create_app(settings)
-    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, log_level=settings.log_level.lower(), access_log=False
+    )
     uvicorn.Server(config).run()
     return 0

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
 
 from core.db import Database
 from core.identity import Principal
+from core.models import Tenant
+from core.ratelimit import RateLimiter
 from core.settings import Settings
 from core.tokens import JWTVerifier
+from hub.metrics import HubMetrics
 
 
 class TTLCache:
-    """A small time-bounded cache for hot lookups (API keys, tenant ids)."""
+    """A small time-bounded cache for hot lookups (API keys, tenants)."""
 
     def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl_seconds
@@ -43,11 +49,28 @@ class HubState:
     settings: Settings
     db: Database
     jwt: JWTVerifier
-    # API keys and tenant existence are re-read at most every `api_key_cache_seconds`;
-    # a revocation through this process clears the cache at once.
+    redis: Redis
+    limiter: RateLimiter
+    metrics: HubMetrics
+    # API keys are re-read at most every `api_key_cache_seconds`; a revocation
+    # through this process clears the cache at once.
     principals: TTLCache = field(default_factory=lambda: TTLCache(5.0))
+    # Tenants (existence and limit overrides), re-read every 30 s.
     tenants: TTLCache = field(default_factory=lambda: TTLCache(30.0))
 
     def cached_principal(self, raw_key: str) -> Principal | None:
         value = self.principals.get(raw_key)
         return value if isinstance(value, Principal) else None
+
+    async def tenant_limits(self, tenant_id: str) -> dict[str, Any] | None:
+        """The tenant's limit overrides; None if the tenant does not exist."""
+        cached = self.tenants.get(tenant_id)
+        if isinstance(cached, dict):
+            return cached
+        async with self.db.read(tenant_id) as session:
+            tenant = await session.get(Tenant, tenant_id)
+        if tenant is None:
+            return None
+        limits = dict(tenant.limits or {})
+        self.tenants.put(tenant_id, limits)
+        return limits

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from core import idempotency
+from core.idempotency import IDEMPOTENCY_KEY_PATTERN
 from core.changes import ChangeContext, Mutation, mutation
 from core.errors import IdempotencyInProgress
 from core.identity import Principal
@@ -25,7 +26,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        max_length=255,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Repeat a request safely: the same key and payload return the first response.",
         examples=["5b0c2f7e-3a1d-4f7a-9f1e-2b8d7c6a5e41"],
     ),
@@ -71,6 +72,7 @@ async def perform(request: Request, state: HubState, principal: Principal, actio
     if key is None:
         async with mutation(state.db, context) as m:
             outcome = await action(m)
+        state.metrics.audit_events.inc(m.trail.written)
         return _response(outcome.status_code, _render(outcome.body), outcome.headers)
 
     idempotency.check_key(key)
@@ -83,6 +85,7 @@ async def perform(request: Request, state: HubState, principal: Principal, actio
         async with state.db.read(principal.tenant_id) as session:
             stored = await idempotency.find(session, actor, key, fingerprint)
         if stored is not None:
+            state.metrics.idempotent_replays.inc()
             return _replay(stored)
         async with mutation(state.db, context) as m:
             claimed = await idempotency.claim(
@@ -100,6 +103,7 @@ async def perform(request: Request, state: HubState, principal: Principal, actio
                     response=idempotency.StoredResponse(outcome.status_code, media_type, kept, outcome.headers),
                 )
         if claimed:
+            state.metrics.audit_events.inc(m.trail.written)
             return _response(outcome.status_code, body, outcome.headers)
         # Another request holds the key: its transaction is still open or just committed.
         if time.monotonic() > deadline:

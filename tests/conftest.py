@@ -8,7 +8,7 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import pytest
 from core import apikeys, tenants
 from core.changes import ChangeContext, mutation
 from core.db import Database
+from core.embedded_redis import EmbeddedRedis
 from core.identity import Principal
 from core.roles import Role
 from core.settings import Settings
@@ -80,6 +81,20 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
 
 
 @pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Redis at 127.0.0.1:6379 when it answers, else an embedded real one."""
+    if _port_open("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def jwks_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.keys import write_jwks
 
@@ -87,9 +102,10 @@ def jwks_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory, jwks_file: Path) -> Settings:
+def settings(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory, jwks_file: Path) -> Settings:
     return Settings(
         database_url=database_url,
+        redis_url=redis_url,
         data_dir=tmp_path_factory.mktemp("data"),
         demo_tenant=False,
         jwt_secret=TEST_JWT_SECRET,

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 from sqlalchemy import select
 
 from core import audit
@@ -91,8 +91,8 @@ async def list_events(
     resource_id: Annotated[str | None, Query(max_length=255)] = None,
     actor_id: Annotated[str | None, Query(max_length=200)] = None,
     request_id: Annotated[str | None, Query(max_length=128)] = None,
-    since: Annotated[datetime | None, Query()] = None,
-    until: Annotated[datetime | None, Query()] = None,
+    since: Annotated[AwareDatetime | None, Query()] = None,
+    until: Annotated[AwareDatetime | None, Query()] = None,
 ) -> AuditPage:
     stmt = select(AuditEvent)
     for column, value in (

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 
 from core import deals
 from core.changes import Mutation
+from core.models import Deal
 from core.identity import Principal
 from core.roles import Permission
-from core.schemas import BatchUpsertOut, DealCreate, DealFields, DealOut, DealPage, DealPatch, UpsertItem, UpsertResult
+from core.schemas import EXTERNAL_ID_PATTERN, SYSTEM_PATTERN, BatchUpsertOut, DealCreate, DealFields, DealOut, DealPage, DealPatch, UpsertItem, UpsertResult
+from hub import etags
 from hub.auth import State, require
 from hub.problems import error_responses
 from hub.writes import IdempotencyKey, Outcome, perform
@@ -25,11 +26,16 @@ Writer = Annotated[Principal, Depends(require(Permission.DEALS_WRITE))]
 Deleter = Annotated[Principal, Depends(require(Permission.DEALS_DELETE))]
 Upserter = Annotated[Principal, Depends(require(Permission.DEALS_UPSERT))]
 DealId = Annotated[str, Path(description="The deal's id", examples=["3f2b8c1e-7d4a-4e1b-9c55-0a6f2d9e8b71"], max_length=36)]
-System = Annotated[
-    str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="The outside system", examples=["salesforce"])
-]
+System = Annotated[str, Path(pattern=SYSTEM_PATTERN, description="The outside system", examples=["salesforce"])]
 ExternalIdPath = Annotated[
-    str, Path(min_length=1, max_length=255, description="The deal's id in that system", examples=["0065e00000Abc12AAC"])
+    str,
+    Path(
+        min_length=1,
+        max_length=255,
+        pattern=EXTERNAL_ID_PATTERN,
+        description="The deal's id in that system",
+        examples=["0065e00000Abc12AAC"],
+    ),
 ]
 
 _READ_ERRORS = error_responses(401, 403, 422, 500)
@@ -57,7 +63,9 @@ async def list_deals(
         str, Query(pattern=r"^-?(created_at|updated_at|name)$", description="Field to sort by; '-' for descending")
     ] = "-created_at",
     stage: Annotated[str | None, Query(max_length=64)] = None,
-    updated_since: Annotated[datetime | None, Query(description="Only deals updated at or after this time")] = None,
+    updated_since: Annotated[
+        AwareDatetime | None, Query(description="Only deals updated at or after this time (with a UTC offset)")
+    ] = None,
     system: Annotated[str | None, Query(max_length=64, description="Only deals known to this system")] = None,
     external_id: Annotated[str | None, Query(max_length=255, description="Only the deal with this external id")] = None,
 ) -> DealPage:
@@ -97,15 +105,35 @@ async def create_deal(
 ) -> Response:
     async def action(m: Mutation) -> Outcome:
         deal = await deals.create(m, body)
-        return Outcome(201, deals.view(deal), {"Location": f"/api/v1/deals/{deal.id}"})
+        return Outcome(201, deals.view(deal), {"Location": f"/api/v1/deals/{deal.id}", "ETag": etags.etag(deal.id, deal.version)})
 
     return await perform(request, state, principal, action)
 
 
-@router.get("/{deal_id}", response_model=DealOut, summary="Get a deal", responses=error_responses(401, 403, 404, 500))
-async def get_deal(state: State, principal: Reader, deal_id: DealId) -> DealOut:
+def _conditional_get(request: Request, deal: Deal) -> Response:
+    tag = etags.etag(deal.id, deal.version)
+    unchanged = etags.not_modified(request, tag)
+    if unchanged is not None:
+        return unchanged
+    return Response(deals.view(deal).model_dump_json(), media_type="application/json", headers={"ETag": tag})
+
+
+_CONDITIONAL_GET = {
+    200: {"description": "The deal, with a strong ETag", "headers": {"ETag": {"schema": {"type": "string"}}}},
+    304: {"description": "Not modified (If-None-Match matched)"},
+}
+_IF_MATCH_DOC = "Strong ETag from a GET; the change is refused with 412 if the deal changed since."
+
+
+@router.get(
+    "/{deal_id}",
+    response_model=DealOut,
+    summary="Get a deal",
+    responses={**_CONDITIONAL_GET, **error_responses(401, 403, 404, 500)},
+)
+async def get_deal(request: Request, state: State, principal: Reader, deal_id: DealId) -> Response:
     async with state.db.read(principal.tenant_id) as session:
-        return deals.view(await deals.get(session, deal_id))
+        return _conditional_get(request, await deals.get(session, deal_id))
 
 
 @router.patch(
@@ -121,9 +149,13 @@ async def patch_deal(
     deal_id: DealId,
     body: Annotated[DealPatch, Body(openapi_examples={"stage": {"summary": "Move to IC review", "value": {"stage": "ic_review"}}})],
     _key: IdempotencyKey = None,
+    _if_match: Annotated[str | None, Header(alias="If-Match", description=_IF_MATCH_DOC)] = None,
 ) -> Response:
+    tags = etags.if_match(request)
+
     async def action(m: Mutation) -> Outcome:
-        return Outcome(200, deals.view(await deals.update(m, deal_id, body)))
+        deal = await deals.update(m, deal_id, body, precondition=lambda d: etags.matches(tags, d.id, d.version))
+        return Outcome(200, deals.view(deal), {"ETag": etags.etag(deal.id, deal.version)})
 
     return await perform(request, state, principal, action)
 
@@ -131,9 +163,17 @@ async def patch_deal(
 @router.delete(
     "/{deal_id}", status_code=204, summary="Delete a deal", responses=error_responses(401, 403, 404, 412, 500)
 )
-async def delete_deal(request: Request, state: State, principal: Deleter, deal_id: DealId) -> Response:
+async def delete_deal(
+    request: Request,
+    state: State,
+    principal: Deleter,
+    deal_id: DealId,
+    _if_match: Annotated[str | None, Header(alias="If-Match", description=_IF_MATCH_DOC)] = None,
+) -> Response:
+    tags = etags.if_match(request)
+
     async def action(m: Mutation) -> Outcome:
-        await deals.delete(m, deal_id)
+        await deals.delete(m, deal_id, precondition=lambda d: etags.matches(tags, d.id, d.version))
         return Outcome(204)
 
     return await perform(request, state, principal, action)
@@ -143,11 +183,13 @@ async def delete_deal(request: Request, state: State, principal: Deleter, deal_i
     "/by-ref/{system}/{external_id}",
     response_model=DealOut,
     summary="Get a deal by its external reference",
-    responses=error_responses(401, 403, 404, 422, 500),
+    responses={**_CONDITIONAL_GET, **error_responses(401, 403, 404, 422, 500)},
 )
-async def get_deal_by_ref(state: State, principal: Reader, system: System, external_id: ExternalIdPath) -> DealOut:
+async def get_deal_by_ref(
+    request: Request, state: State, principal: Reader, system: System, external_id: ExternalIdPath
+) -> Response:
     async with state.db.read(principal.tenant_id) as session:
-        return deals.view(await deals.get_by_ref(session, system, external_id))
+        return _conditional_get(request, await deals.get_by_ref(session, system, external_id))
 
 
 @router.put(
@@ -172,7 +214,11 @@ async def upsert_deal(
     async def action(m: Mutation) -> Outcome:
         (outcome,) = await deals.upsert_many(m, [(system, external_id, body)])
         status = 201 if outcome.status == "created" else 200
-        headers = {"Location": f"/api/v1/deals/{outcome.deal.id}", "X-Upsert-Outcome": outcome.status}
+        headers = {
+            "Location": f"/api/v1/deals/{outcome.deal.id}",
+            "X-Upsert-Outcome": outcome.status,
+            "ETag": etags.etag(outcome.deal.id, outcome.deal.version),
+        }
         return Outcome(status, deals.view(outcome.deal), headers)
 
     return await perform(request, state, principal, action)
@@ -232,7 +278,7 @@ async def batch_upsert(
         outcomes = await deals.upsert_many(m, [(item.system, item.external_id, item.deal) for _, item in valid])
         for (index, _), outcome in zip(valid, outcomes, strict=True):
             results[index] = UpsertResult(
-                index=index, status=outcome.status, deal_id=outcome.deal.id, version=outcome.deal.version
+                index=index, status=outcome.status, deal_id=outcome.deal.id, version=outcome.version
             )
         final = [r for r in results if r is not None]
         counts = {s: sum(1 for r in final if r.status == s) for s in ("created", "updated", "unchanged", "failed")}

@@ -1,0 +1,45 @@
+"""Strong ETags and the conditional headers that use them (RFC 9110 §13)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from core.errors import PreconditionFailed
+
+
+def etag(resource_id: str, version: int) -> str:
+    """Changes exactly when the resource's version does; says nothing else about it."""
+    return '"' + hashlib.sha256(f"{resource_id}:{version}".encode()).hexdigest()[:32] + '"'
+
+
+def _tags(header: str) -> list[str]:
+    return [t.strip() for t in header.split(",") if t.strip()]
+
+
+def not_modified(request: Request, current: str) -> Response | None:
+    """A 304 when If-None-Match names the current ETag (weak comparison)."""
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return None
+    tags = {t.removeprefix("W/") for t in _tags(header)}
+    if "*" in tags or current in tags:
+        return Response(status_code=304, headers={"ETag": current})
+    return None
+
+
+def if_match(request: Request) -> list[str] | None:
+    """The tags of If-Match, checked later against the row being changed."""
+    header = request.headers.get("if-match")
+    if header is None:
+        return None
+    tags = _tags(header)
+    if any(t.startswith("W/") for t in tags):
+        raise PreconditionFailed("If-Match needs a strong ETag")
+    return tags
+
+
+def matches(tags: list[str] | None, resource_id: str, version: int) -> bool:
+    return tags is None or "*" in tags or etag(resource_id, version) in tags
