@@ -1,0 +1,1 @@
+"""Implementation of ``connectors.testing`` (imported lazily so the pytest plugin stays cheap)."""
