@@ -56,39 +56,27 @@ async def create_chain(session: AsyncSession, tenant_id: str) -> None:
 class AuditTrail:
     """The audit events of one transaction, chained onto the tenant's locked head."""
 
-    def __init__(
-        self,
-        session: AsyncSession,
-        head: AuditHead,
-        principal: Principal,
-        request_id: str | None,
-        idempotency_key: str | None,
-    ) -> None:
+    def __init__(self, session: AsyncSession, head: AuditHead) -> None:
         self._session = session
         self._head_id = head.id
         self._start_seq = head.seq
         self._seq = head.seq
         self._hash = head.hash
-        self._principal = principal
-        self._request_id = request_id
-        self._idempotency_key = idempotency_key
         self._pending: list[dict[str, Any]] = []
 
     @classmethod
-    async def begin(
-        cls,
-        session: AsyncSession,
-        principal: Principal,
-        request_id: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> AuditTrail:
+    async def begin(cls, session: AsyncSession) -> AuditTrail:
+        """Lock the session tenant's chain head for this transaction."""
         head = (await session.execute(select(AuditHead).with_for_update())).scalar_one()
-        return cls(session, head, principal, request_id, idempotency_key)
+        return cls(session, head)
 
     def record(
         self,
         event_type: str,
         *,
+        principal: Principal,
+        request_id: str | None,
+        idempotency_key: str | None,
         resource_type: str,
         resource_id: str,
         changes: dict[str, Any],
@@ -97,17 +85,17 @@ class AuditTrail:
         self._seq += 1
         row = {
             "id": new_id(),
-            "tenant_id": self._principal.tenant_id,
+            "tenant_id": principal.tenant_id,
             "seq": self._seq,
             "event_type": event_type,
-            "actor_kind": self._principal.actor_kind,
-            "actor_id": self._principal.actor_id,
-            "actor_roles": self._principal.sorted_roles,
+            "actor_kind": principal.actor_kind,
+            "actor_id": principal.actor_id,
+            "actor_roles": principal.sorted_roles,
             "resource_type": resource_type,
             "resource_id": resource_id,
             "changes": normalise(changes),
-            "request_id": self._request_id,
-            "idempotency_key": self._idempotency_key,
+            "request_id": request_id,
+            "idempotency_key": idempotency_key,
             "occurred_at": occurred_at,
             "prev_hash": self._hash,
         }
@@ -124,7 +112,10 @@ class AuditTrail:
             return
         await self._session.execute(insert(AuditEvent), self._pending)
         await self._session.execute(
-            update(AuditHead).where(AuditHead.id == self._head_id).values(seq=self._seq, hash=self._hash)
+            update(AuditHead)
+            .where(AuditHead.id == self._head_id)
+            .values(seq=self._seq, hash=self._hash)
+            .execution_options(synchronize_session=False)
         )
         self._pending = []
 

@@ -51,10 +51,18 @@ class Mutation:
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
         payload: dict[str, Any],
+        context: ChangeContext | None = None,
     ) -> None:
-        """Note one change: an audit event (with its diff) and an outbox event."""
+        """Note one change: an audit event (with its diff) and an outbox event.
+
+        `context` names who asked for this change when it differs from the
+        transaction's (several requests written in one transaction)."""
+        ctx = context or self.context
         self.trail.record(
             event_type,
+            principal=ctx.principal,
+            request_id=ctx.request_id,
+            idempotency_key=ctx.idempotency_key,
             resource_type=resource_type,
             resource_id=resource_id,
             changes=audit.diff(before, after),
@@ -78,7 +86,7 @@ async def mutation(db: Database, context: ChangeContext) -> AsyncIterator[Mutati
     """Open a tenant's write transaction; the audit chain head is locked first, which
     also serialises the tenant's writers (no race on natural keys)."""
     async with db.write(context.tenant_id) as session:
-        trail = await audit.AuditTrail.begin(session, context.principal, context.request_id, context.idempotency_key)
+        trail = await audit.AuditTrail.begin(session)
         m = Mutation(session=session, context=context, trail=trail, events=outbox.Outbox(session, context.tenant_id))
         yield m
         await m.flush()

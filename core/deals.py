@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import aliased, joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.changes import Mutation
+from core.changes import ChangeContext, Mutation
 from core.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from core.models import Deal, DealRef, new_id
 from core.pagination import MAX_LIMIT, Sort, page, split
@@ -165,18 +167,41 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
     return result
 
 
-def _apply(m: Mutation, deal: Deal, values: dict[str, Any]) -> list[str] | None:
+Setter = Callable[[Deal, str, Any], None]
+
+
+def _apply(m: Mutation, deal: Deal, values: dict[str, Any], setter: Setter = setattr) -> list[str] | None:
     """Set changed fields and return their names; None when the deal is untouched
     (a soft-deleted deal that is written again is restored, even with no field change)."""
     changed = sorted(k for k, v in values.items() if getattr(deal, k) != v)
     if not changed and deal.deleted_at is None:
         return None
     for key in changed:
-        setattr(deal, key, values[key])
-    deal.deleted_at = None
-    deal.version += 1
-    deal.updated_at = m.now
+        setter(deal, key, values[key])
+    setter(deal, "deleted_at", None)
+    setter(deal, "version", deal.version + 1)
+    setter(deal, "updated_at", m.now)
     return changed
+
+
+_DEALS = Deal.__table__
+_WRITTEN_COLUMNS = (*BUSINESS_FIELDS, "version", "updated_at", "deleted_at")
+# One statement for any number of changed deals (an executemany): the ORM would
+# send one UPDATE per row to check each row count.
+_BULK_UPDATE = (
+    update(_DEALS)
+    .where(_DEALS.c.tenant_id == bindparam("b_tenant_id"), _DEALS.c.id == bindparam("b_id"))
+    .values({c: bindparam(f"b_{c}") for c in _WRITTEN_COLUMNS})
+)
+
+
+async def _bulk_update(m: Mutation, deals: Sequence[Deal]) -> None:
+    if deals:
+        rows = [
+            {"b_tenant_id": m.tenant_id, "b_id": d.id, **{f"b_{c}": getattr(d, c) for c in _WRITTEN_COLUMNS}}
+            for d in deals
+        ]
+        await m.session.execute(_BULK_UPDATE, rows)
 
 
 async def update(m: Mutation, deal_id: str, patch: DealPatch, *, precondition: Precondition | None = None) -> Deal:
@@ -226,47 +251,73 @@ class UpsertOutcome:
 
 
 async def _load_by_refs(session: AsyncSession, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Deal]:
+    """The deals (with all their refs) that the given natural keys name, in one query per system."""
     by_system: dict[str, set[str]] = defaultdict(set)
     for system, external_id in keys:
         by_system[system].add(external_id)
-    deal_of: dict[tuple[str, str], str] = {}
+    found: dict[tuple[str, str], Deal] = {}
     for system, ids in by_system.items():
-        stmt = select(DealRef.external_id, DealRef.deal_id).where(DealRef.system == system, DealRef.external_id.in_(ids))
-        for external_id, deal_id in await session.execute(stmt):
-            deal_of[(system, external_id)] = deal_id
-    if not deal_of:
-        return {}
-    deals = {d.id: d for d in (await session.execute(select(Deal).where(Deal.id.in_(set(deal_of.values()))))).scalars()}
-    return {key: deals[deal_id] for key, deal_id in deal_of.items()}
+        matching = aliased(DealRef)
+        stmt = (
+            select(Deal, matching.external_id)
+            .join(matching, matching.deal_id == Deal.id)
+            .where(matching.system == system, matching.external_id.in_(ids))
+            .options(joinedload(Deal.refs))
+        )
+        for deal, external_id in (await session.execute(stmt)).unique():
+            found[(system, external_id)] = deal
+    return found
 
 
-async def upsert_many(m: Mutation, items: Sequence[tuple[str, str, DealFields]]) -> list[UpsertOutcome]:
+async def upsert_many(
+    m: Mutation, items: Sequence[tuple[str, str, DealFields]], *, contexts: Sequence[ChangeContext] | None = None
+) -> list[UpsertOutcome]:
     """Create or update deals by their natural key (tenant, system, external id).
 
     A record identical to what is stored changes nothing and records no event.
     Items are applied in order, so a key repeated in one batch acts as an update.
+    `contexts`, one per item, attribute each change to its own request when
+    several requests share the transaction.
     """
+    if contexts is not None and len(contexts) != len(items):
+        raise ValueError("one context per item")
     known = await _load_by_refs(m.session, [(s, e) for s, e, _ in items])
     outcomes: list[UpsertOutcome] = []
-    for system, external_id, fields in items:
+    changed_rows: dict[str, Deal] = {}
+
+    def set_loaded(deal: Deal, name: str, value: Any) -> None:
+        # Loaded deals change in memory without dirtying the session; one bulk UPDATE
+        # writes them all. Deals created in this batch are still plain pending inserts.
+        if deal in m.session.new:
+            setattr(deal, name, value)
+        else:
+            set_committed_value(deal, name, value)
+            changed_rows[deal.id] = deal
+
+    for index, (system, external_id, fields) in enumerate(items):
+        context = contexts[index] if contexts is not None else None
         key = (system, external_id)
         deal = known.get(key)
         if deal is None:
             deal = _new_deal(m, fields, [ExternalRef(system=system, external_id=external_id)])
             m.session.add(deal)
             known[key] = deal
-            m.record("deal.created", resource_type=RESOURCE, resource_id=deal.id, before=None, after=snapshot(deal), payload=_payload(deal))
+            m.record(
+                "deal.created", resource_type=RESOURCE, resource_id=deal.id, before=None, after=snapshot(deal),
+                payload=_payload(deal), context=context,
+            )
             outcomes.append(UpsertOutcome("created", deal, deal.version))
             continue
         before = snapshot(deal)
-        changed = _apply(m, deal, {f: getattr(fields, f) for f in BUSINESS_FIELDS})
+        changed = _apply(m, deal, {f: getattr(fields, f) for f in BUSINESS_FIELDS}, set_loaded)
         if changed is None:
             outcomes.append(UpsertOutcome("unchanged", deal, deal.version))
             continue
         m.record(
             "deal.updated", resource_type=RESOURCE, resource_id=deal.id, before=before, after=snapshot(deal),
-            payload=_payload(deal, changed),
+            payload=_payload(deal, changed), context=context,
         )
         outcomes.append(UpsertOutcome("updated", deal, deal.version))
     await m.session.flush()
+    await _bulk_update(m, list(changed_rows.values()))
     return outcomes

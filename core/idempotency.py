@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -68,47 +69,106 @@ async def find(session: AsyncSession, actor: str, key: str, request_fingerprint:
     return None if record is None else _stored(record, request_fingerprint)
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    actor: str
+    key: str
+    fingerprint: str
+
+
+async def claim_many(
+    session: AsyncSession, *, tenant_id: str, claims: Sequence[Claim], ttl: timedelta
+) -> set[tuple[str, str]]:
+    """Take keys for this transaction in one statement; returns the (actor, key) pairs
+    taken. A pair held by another request (or listed twice) is taken at most once."""
+    if not claims:
+        return set()
+    now = utcnow()
+    unique = {(c.actor, c.key): c for c in reversed(claims)}  # the first of duplicates wins
+
+    async def insert_claims(pending: Sequence[Claim]) -> set[tuple[str, str]]:
+        rows = [
+            {
+                "tenant_id": tenant_id,
+                "actor": c.actor,
+                "key": c.key,
+                "fingerprint": c.fingerprint,
+                "status_code": 0,
+                "headers": {},
+                "created_at": now,
+                "expires_at": now + ttl,
+            }
+            for c in pending
+        ]
+        insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+        stmt = (
+            insert(IdempotencyRecord)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "actor", "key"])
+            .returning(IdempotencyRecord.actor, IdempotencyRecord.key)
+        )
+        return {(actor, key) for actor, key in await session.execute(stmt)}
+
+    won = await insert_claims(list(unique.values()))
+    lost = [c for pair, c in unique.items() if pair not in won]
+    if lost:
+        # A key past its lifetime is free again: clear it and try once more.
+        expired = await session.execute(
+            delete(IdempotencyRecord)
+            .where(IdempotencyRecord.key.in_({c.key for c in lost}), IdempotencyRecord.expires_at <= now)
+            .execution_options(synchronize_session=False)
+        )
+        if expired.rowcount:
+            won |= await insert_claims(lost)
+    return won
+
+
 async def claim(
     session: AsyncSession, *, tenant_id: str, actor: str, key: str, request_fingerprint: str, ttl: timedelta
 ) -> bool:
     """Take the key for this transaction; False if another request holds it."""
-    now = utcnow()
-    await session.execute(
-        delete(IdempotencyRecord).where(
-            IdempotencyRecord.actor == actor, IdempotencyRecord.key == key, IdempotencyRecord.expires_at <= now
-        )
-    )
-    dialect = session.bind.dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    taken = await claim_many(session, tenant_id=tenant_id, claims=[Claim(actor, key, request_fingerprint)], ttl=ttl)
+    return (actor, key) in taken
+
+
+async def complete_many(session: AsyncSession, responses: Sequence[tuple[str, str, StoredResponse]]) -> None:
+    """Store the responses of claimed keys, given as (actor, key, response)."""
+    if not responses:
+        return
+    table = IdempotencyRecord.__table__
+    # A Core statement (one executemany), so the tenant is named here explicitly.
     stmt = (
-        insert(IdempotencyRecord)
-        .values(
-            tenant_id=tenant_id,
-            actor=actor,
-            key=key,
-            fingerprint=request_fingerprint,
-            status_code=0,
-            headers={},
-            created_at=now,
-            expires_at=now + ttl,
+        update(table)
+        .where(
+            table.c.tenant_id == session.info["tenant_id"],
+            table.c.actor == bindparam("b_actor"),
+            table.c.key == bindparam("b_key"),
         )
-        .on_conflict_do_nothing(index_elements=["tenant_id", "actor", "key"])
-        .returning(IdempotencyRecord.id)
+        .values(
+            status_code=bindparam("b_status"),
+            content_type=bindparam("b_type"),
+            body=bindparam("b_body"),
+            headers=bindparam("b_headers"),
+        )
     )
-    return (await session.execute(stmt)).scalar_one_or_none() is not None
+    await session.execute(
+        stmt,
+        [
+            {
+                "b_actor": actor,
+                "b_key": key,
+                "b_status": r.status_code,
+                "b_type": r.content_type,
+                "b_body": r.body,
+                "b_headers": r.headers,
+            }
+            for actor, key, r in responses
+        ],
+    )
 
 
 async def complete(session: AsyncSession, *, actor: str, key: str, response: StoredResponse) -> None:
-    await session.execute(
-        update(IdempotencyRecord)
-        .where(IdempotencyRecord.actor == actor, IdempotencyRecord.key == key)
-        .values(
-            status_code=response.status_code,
-            content_type=response.content_type,
-            body=response.body,
-            headers=response.headers,
-        )
-    )
+    await complete_many(session, [(actor, key, response)])
 
 
 async def purge_expired(session: AsyncSession) -> int:

@@ -22,6 +22,7 @@ from core.ratelimit import RateLimiter
 from core.roles import Role
 from core.settings import Settings, get_settings
 from core.tokens import JWTVerifier
+from hub.group_commit import UpsertCommitter
 from hub.metrics import HubMetrics
 from hub.middleware import EdgeMiddleware
 from hub.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, Problem
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
             principals=TTLCache(settings.api_key_cache_seconds),
         )
+        app.state.hub.upserts = UpsertCommitter(app.state.hub)
         if settings.demo_tenant:
             key = await bootstrap_demo_tenant(db)
             if key is not None:

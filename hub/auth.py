@@ -19,7 +19,8 @@ _api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="
 _bearer_scheme = HTTPBearer(auto_error=False, description="A JWT with claims tenant_id, sub and roles")
 
 
-def hub_state(request: Request) -> HubState:
+async def hub_state(request: Request) -> HubState:
+    # async on purpose: FastAPI runs a plain `def` dependency in a thread pool.
     state: HubState = request.app.state.hub
     return state
 

@@ -32,7 +32,7 @@ which stamps them on whatever response the route produces.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time
 from email.utils import format_datetime
 
@@ -69,7 +69,7 @@ def deprecation_headers(
 
 def deprecated(
     sunset: date | datetime, link: str | None = None, *, since: date | datetime | None = None
-) -> Callable[[Request], None]:
+) -> Callable[[Request], Awaitable[None]]:
     """A FastAPI dependency that marks the route's responses as deprecated (see the module doc).
 
     `sunset`: when the route stops answering. `link`: a page about the deprecation and what
@@ -78,7 +78,7 @@ def deprecated(
     """
     headers = deprecation_headers(sunset, link, since=since)
 
-    def mark_deprecated(request: Request) -> None:
+    async def mark_deprecated(request: Request) -> None:
         add_edge_headers(request.state, headers)
 
     return mark_deprecated

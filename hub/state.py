@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
@@ -15,6 +15,9 @@ from core.ratelimit import RateLimiter
 from core.settings import Settings
 from core.tokens import JWTVerifier
 from hub.metrics import HubMetrics
+
+if TYPE_CHECKING:
+    from hub.group_commit import UpsertCommitter
 
 
 class TTLCache:
@@ -57,6 +60,9 @@ class HubState:
     principals: TTLCache = field(default_factory=lambda: TTLCache(5.0))
     # Tenants (existence and limit overrides), re-read every 30 s.
     tenants: TTLCache = field(default_factory=lambda: TTLCache(30.0))
+
+    # The CRM upsert's group committer, set by the app factory (it needs this state).
+    upserts: UpsertCommitter | None = None
 
     def cached_principal(self, raw_key: str) -> Principal | None:
         value = self.principals.get(raw_key)

@@ -66,6 +66,43 @@ def _replay(stored: idempotency.StoredResponse) -> Response:
     return _response(stored.status_code, stored.body, stored.headers, replayed=True)
 
 
+def stored_response(outcome: Outcome, body: bytes) -> idempotency.StoredResponse:
+    """What the idempotency store keeps of an outcome (never a secret it marks as such)."""
+    kept = body if outcome.stored_body is None else _render(outcome.stored_body)
+    return idempotency.StoredResponse(outcome.status_code, "application/json" if kept else None, kept, outcome.headers)
+
+
+def request_fingerprint(request: Request, body: bytes) -> str:
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return idempotency.fingerprint(request.method, path, body)
+
+
+async def idempotent(
+    state: HubState,
+    principal: Principal,
+    key: str,
+    fingerprint: str,
+    attempt: Callable[[], Awaitable[Response | None]],
+) -> Response:
+    """Run `attempt` (which claims the key in its transaction and answers None if
+    another request holds it) until it answers or the holder's stored response
+    can be replayed. A fresh key costs no extra read."""
+    deadline = time.monotonic() + state.settings.idempotency_wait_seconds
+    while True:
+        response = await attempt()
+        if response is not None:
+            return response
+        # Another request holds the key: replay its response once it has committed.
+        async with state.db.read(principal.tenant_id) as session:
+            stored = await idempotency.find(session, principal.actor_key, key, fingerprint)
+        if stored is not None:
+            state.metrics.idempotent_replays.inc()
+            return _replay(stored)
+        if time.monotonic() > deadline:
+            raise IdempotencyInProgress("A request with this Idempotency-Key is still being processed; retry later")
+        await asyncio.sleep(_RETRY_PAUSE_SECONDS)
+
+
 async def perform(request: Request, state: HubState, principal: Principal, action: Action) -> Response:
     key = request.headers.get("idempotency-key")
     context = ChangeContext(principal, getattr(request.state, "request_id", None), key)
@@ -76,36 +113,18 @@ async def perform(request: Request, state: HubState, principal: Principal, actio
         return _response(outcome.status_code, _render(outcome.body), outcome.headers)
 
     idempotency.check_key(key)
-    actor = principal.actor_key
-    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    fingerprint = idempotency.fingerprint(request.method, path, await request.body())
-    deadline = time.monotonic() + state.settings.idempotency_wait_seconds
+    fingerprint = request_fingerprint(request, await request.body())
     ttl = timedelta(hours=state.settings.idempotency_ttl_hours)
-    while True:
-        async with state.db.read(principal.tenant_id) as session:
-            stored = await idempotency.find(session, actor, key, fingerprint)
-        if stored is not None:
-            state.metrics.idempotent_replays.inc()
-            return _replay(stored)
+
+    async def attempt() -> Response | None:
         async with mutation(state.db, context) as m:
-            claimed = await idempotency.claim(
-                m.session, tenant_id=principal.tenant_id, actor=actor, key=key, request_fingerprint=fingerprint, ttl=ttl
-            )
-            if claimed:
-                outcome = await action(m)
-                body = _render(outcome.body)
-                kept = body if outcome.stored_body is None else _render(outcome.stored_body)
-                media_type = "application/json" if kept else None
-                await idempotency.complete(
-                    m.session,
-                    actor=actor,
-                    key=key,
-                    response=idempotency.StoredResponse(outcome.status_code, media_type, kept, outcome.headers),
-                )
-        if claimed:
-            state.metrics.audit_events.inc(m.trail.written)
-            return _response(outcome.status_code, body, outcome.headers)
-        # Another request holds the key: its transaction is still open or just committed.
-        if time.monotonic() > deadline:
-            raise IdempotencyInProgress("A request with this Idempotency-Key is still being processed; retry later")
-        await asyncio.sleep(_RETRY_PAUSE_SECONDS)
+            claim = idempotency.Claim(principal.actor_key, key, fingerprint)
+            if not await idempotency.claim_many(m.session, tenant_id=principal.tenant_id, claims=[claim], ttl=ttl):
+                return None
+            outcome = await action(m)
+            body = _render(outcome.body)
+            await idempotency.complete_many(m.session, [(principal.actor_key, key, stored_response(outcome, body))])
+        state.metrics.audit_events.inc(m.trail.written)
+        return _response(outcome.status_code, body, outcome.headers)
+
+    return await idempotent(state, principal, key, fingerprint, attempt)
