@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +12,7 @@ from pydantic import AliasChoices
 
 from core.settings import Settings
 from hub.cli import _parser
+from tests.served import HUB, hub_env, served_hub
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,67 +49,37 @@ def test_compose_variables_are_settings_the_hub_reads() -> None:
         assert url.startswith("postgresql+asyncpg://")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_hub_serve_starts_prints_a_key_and_takes_an_upsert(tmp_path: Path) -> None:
     """The quick start's first command, end to end: a fresh data dir, the printed
     ADMIN key, and a CRM upsert over real HTTP."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_") and k not in {"DATABASE_URL", "REDIS_URL"}}
-    env["HUB_DATA_DIR"] = str(tmp_path / "data")
-    hub = Path(sys.executable).parent / "hub"
-    proc = subprocess.Popen(
-        [str(hub), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        key, seen = None, []
-        deadline = time.monotonic() + 60
-        assert proc.stdout is not None
-        while key is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            match = re.search(r"HUB_API_KEY=(hub_\S+)", line)
-            if match:
-                key = match.group(1)
-        assert key, "no key printed:\n" + "".join(seen)
-        base = f"http://127.0.0.1:{port}"
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with served_hub(tmp_path / "data") as hub:
         r = httpx.put(
-            f"{base}/api/v1/deals/by-ref/salesforce/006QS",
+            f"{hub.base_url}/api/v1/deals/by-ref/salesforce/006QS",
             json={"name": "Quick start deal", "amount": "1000.00", "currency": "EUR"},
-            headers={"X-API-Key": key},
+            headers={"X-API-Key": hub.api_key},
             timeout=10,
         )
         assert r.status_code == 201, r.text
         assert r.headers["x-request-id"]
-        r = httpx.get(f"{base}/api/v1/deals", headers={"X-API-Key": key}, timeout=10)
+        r = httpx.get(f"{hub.base_url}/api/v1/deals", headers={"X-API-Key": hub.api_key}, timeout=10)
         assert [d["name"] for d in r.json()["items"]] == ["Quick start deal"]
         assert (tmp_path / "data" / "hub.db").exists()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
-    # A second start on the same data dir keeps the tenant and prints no new key.
-    proc = subprocess.run(
-        [str(hub), "tenants", "list"], env=env, capture_output=True, text=True, timeout=60, check=True
+    # The data stays: the same data dir still has its one demo tenant.
+    listed = subprocess.run(
+        [str(HUB), "tenants", "list"], env=hub.env, capture_output=True, text=True, timeout=60, check=True
     )
-    assert proc.stdout.count("\tdemo") == 1
+    assert listed.stdout.count("\tdemo") == 1
+
+
+def test_tenant_limits_command_sets_and_clears_overrides(tmp_path: Path) -> None:
+    env = hub_env(tmp_path)
+    run = lambda *args: subprocess.run([str(HUB), *args], env=env, capture_output=True, text=True, timeout=60)  # noqa: E731
+    assert run("tenants", "create", "acme").returncode == 0
+    out = run("tenants", "limits", "acme", "--user-per-minute", "5000", "--burst-multiplier", "3")
+    assert out.returncode == 0 and "'user_per_minute': 5000" in out.stdout and "'burst_multiplier': 3.0" in out.stdout
+    out = run("tenants", "limits", "acme", "--burst-multiplier", "0")
+    assert out.stdout.strip() == "acme: {'user_per_minute': 5000}"
+    refused = run("tenants", "limits", "acme", "--user-per-minute", "-1")
+    assert refused.returncode == 1 and "must be positive" in refused.stderr

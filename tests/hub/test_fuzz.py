@@ -5,65 +5,29 @@ problem+json, every response matches the schema it documents."""
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from core.embedded_redis import free_port
+from tests.served import ServedHub, served_hub
 
 MAX_EXAMPLES = int(os.environ.get("HUB_FUZZ_EXAMPLES", "25"))
 
 
 @pytest.fixture(scope="module")
-def served_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_") and k not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(
-        HUB_DATA_DIR=str(tmp_path_factory.mktemp("fuzz")),
-        # The fuzzer is one busy client; the limits are tested elsewhere.
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedHub]:
+    # The fuzzer is one busy client; the limits are tested elsewhere.
+    with served_hub(
+        tmp_path_factory.mktemp("fuzz"),
         HUB_RATE_LIMIT_USER_PER_MINUTE="1000000",
         HUB_RATE_LIMIT_INTEGRATION_PER_MINUTE="1000000",
         HUB_LOG_LEVEL="WARNING",
-    )
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "hub"), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    key = None
-    deadline = time.monotonic() + 60
-    while key is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.search(r"HUB_API_KEY=(hub_\S+)", line)
-        key = match.group(1) if match else None
-    base = f"http://127.0.0.1:{port}"
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    assert key, "hub serve printed no key"
-    try:
-        yield base, key
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    ) as served:
+        yield served
 
 
 @schemathesis.check
@@ -79,9 +43,9 @@ def errors_are_problem_json(ctx: schemathesis.CheckContext, response: schemathes
 
 
 @pytest.mark.slow
-def test_api_fuzz(served_hub: tuple[str, str]) -> None:
+def test_api_fuzz(hub: ServedHub) -> None:
     """Every operation, a bounded number of generated cases each (HUB_FUZZ_EXAMPLES)."""
-    base, key = served_hub
+    base, key = hub.base_url, hub.api_key
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     failures: list[str] = []
     operations = 0
