@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.orm import aliased, joinedload
+from sqlalchemy.orm import selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -310,22 +310,23 @@ class UpsertOutcome:
 
 
 async def _load_by_refs(session: AsyncSession, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Deal]:
-    """The deals (with all their refs) that the given natural keys name, in one query per system."""
+    """The deals (with all their refs) that the given natural keys name.
+
+    Separate key lookups, not one join: each is an index lookup whatever the planner
+    believes (a join planned on stale statistics scanned every ref of the tenant)."""
     by_system: dict[str, set[str]] = defaultdict(set)
     for system, external_id in keys:
         by_system[system].add(external_id)
-    found: dict[tuple[str, str], Deal] = {}
+    deal_of: dict[tuple[str, str], str] = {}
     for system, ids in by_system.items():
-        matching = aliased(DealRef)
-        stmt = (
-            select(Deal, matching.external_id)
-            .join(matching, matching.deal_id == Deal.id)
-            .where(matching.system == system, matching.external_id.in_(ids))
-            .options(joinedload(Deal.refs))
-        )
-        for deal, external_id in (await session.execute(stmt)).unique():
-            found[(system, external_id)] = deal
-    return found
+        stmt = select(DealRef.external_id, DealRef.deal_id).where(DealRef.system == system, DealRef.external_id.in_(ids))
+        for external_id, deal_id in await session.execute(stmt):
+            deal_of[(system, external_id)] = deal_id
+    if not deal_of:
+        return {}
+    stmt = select(Deal).where(Deal.id.in_(set(deal_of.values()))).options(selectinload(Deal.refs))
+    deals = {d.id: d for d in (await session.execute(stmt)).scalars()}
+    return {key: deals[deal_id] for key, deal_id in deal_of.items()}
 
 
 async def upsert_many(
