@@ -5,11 +5,16 @@
     ├── Unauthorized              UNAUTHORIZED              401
     ├── Forbidden                 FORBIDDEN                 403
     ├── NotFound                  NOT_FOUND                 404
+    ├── OAuthStateInvalid         OAUTH_STATE_INVALID       400
+    ├── OAuthAuthorizationDenied  OAUTH_AUTHORIZATION_DENIED 400
     ├── Conflict                  CONFLICT                  409
     │   ├── IdempotencyKeyReused  IDEMPOTENCY_KEY_REUSED    409
-    │   └── IdempotencyInProgress IDEMPOTENCY_IN_PROGRESS   409
+    │   ├── IdempotencyInProgress IDEMPOTENCY_IN_PROGRESS   409
+    │   └── CredentialsUnreadable CREDENTIALS_UNREADABLE    409
     ├── PreconditionFailed        PRECONDITION_FAILED       412
     ├── RateLimited               RATE_LIMITED              429
+    ├── UpstreamError             UPSTREAM_ERROR            502
+    │   └── UpstreamAuthFailed    UPSTREAM_AUTH_FAILED      502
     └── UpstreamUnavailable       UPSTREAM_UNAVAILABLE      503
 
 Messages are written for the caller: never SQL, stack traces or secrets.
@@ -73,3 +78,37 @@ class RateLimited(HubError):
 
 class UpstreamUnavailable(HubError):
     code, status, title = "UPSTREAM_UNAVAILABLE", 503, "Upstream unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class OAuthStateInvalid(HubError):
+    """An OAuth callback whose `state` is forged, expired or already used."""
+
+    code, status, title = "OAUTH_STATE_INVALID", 400, "Invalid OAuth state"
+
+
+class OAuthAuthorizationDenied(HubError):
+    """The provider's callback reports that the authorization was declined or failed."""
+
+    code, status, title = "OAUTH_AUTHORIZATION_DENIED", 400, "Authorization denied"
+
+
+class CredentialsUnreadable(Conflict):
+    """Stored credentials fail authentication (tampered, moved, or their key is gone)."""
+
+    code, title = "CREDENTIALS_UNREADABLE", "Stored credentials cannot be read"
+
+
+class UpstreamError(HubError):
+    """The provider refused or failed a call for a reason retrying will not fix."""
+
+    code, status, title = "UPSTREAM_ERROR", 502, "Upstream error"
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The provider rejected the connection's credentials: the admin must reconnect."""
+
+    code, title = "UPSTREAM_AUTH_FAILED", "Upstream rejected the credentials"

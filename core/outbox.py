@@ -17,6 +17,9 @@ class Outbox:
         self._session = session
         self._tenant_id = tenant_id
         self._pending: list[dict[str, Any]] = []
+        # Events flushed so far: after the commit, a non-zero count means "nudge the relay".
+        self.written = 0
+        self.last_event_id: str | None = None
 
     def emit(
         self,
@@ -28,6 +31,7 @@ class Outbox:
         occurred_at: datetime,
     ) -> str:
         event_id = new_id()
+        self.last_event_id = event_id
         self._pending.append(
             {
                 "id": event_id,
@@ -46,6 +50,7 @@ class Outbox:
     async def flush(self) -> None:
         if self._pending:
             await self._session.execute(insert(OutboxEvent), self._pending)
+            self.written += len(self._pending)
             self._pending = []
 
 

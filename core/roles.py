@@ -25,6 +25,7 @@ class Permission(StrEnum):
     CONNECTORS_READ = "connectors:read"
     WEBHOOKS_MANAGE = "webhooks:manage"
     RUNS_READ = "runs:read"
+    RUNS_MANAGE = "runs:manage"
     IDENTITY_READ = "identity:read"
 
 
@@ -49,6 +50,7 @@ POLICY: dict[Permission, frozenset[Role]] = {
     Permission.CONNECTORS_READ:    frozenset({_A, _P, _IC, _ADM, _AUD, _INT}),
     Permission.WEBHOOKS_MANAGE:    frozenset({_ADM}),
     Permission.RUNS_READ:          frozenset({_ADM, _INT}),
+    Permission.RUNS_MANAGE:        frozenset({_ADM, _INT}),
     Permission.IDENTITY_READ:      frozenset(Role),
 }  # fmt: skip
 

@@ -7,26 +7,34 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from redis.asyncio import Redis
 from starlette.types import Scope
 
+from connectors.host import ConnectorHost
+from connectors.oauth import OAuthClient
+from connectors.registry import ConnectorRegistry
+from connectors.sdk import RedisBreakerStorage, RetryPolicy
 from core import apikeys, tenants
 from core.changes import ChangeContext, mutation
 from core.db import Database
 from core.embedded_redis import EmbeddedRedis
 from core.identity import Principal
+from core.jobs import Keys
 from core.migrate import upgrade_to_head
 from core.ratelimit import RateLimiter
 from core.roles import Role
 from core.settings import Settings, get_settings
 from core.tokens import JWTVerifier
+from core.vault import Vault, load_keyring
 from hub.group_commit import UpsertCommitter
 from hub.metrics import HubMetrics
 from hub.middleware import EdgeMiddleware
 from hub.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, Problem
-from hub.routers import api_keys, audit, deals, health, identity
+from hub.outbox_nudge import OutboxNudge
+from hub.routers import api_keys, audit, connections, connectors, deals, health, identity, oauth, runs, webhooks
 from hub.state import HubState, TTLCache
 
 log = logging.getLogger("hub")
@@ -95,7 +103,31 @@ def _on_request(scope: Scope, status: int, seconds: float) -> None:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def _oauth_clients(settings: Settings) -> dict[str, OAuthClient]:
+    return {
+        key: OAuthClient(c.client_id, c.client_secret.get_secret_value() if c.client_secret else None)
+        for key, c in settings.oauth_clients.items()
+    }
+
+
+def _vault(settings: Settings) -> Vault:
+    configured = settings.vault_keys.get_secret_value() if settings.vault_keys else None
+    if configured is None and not settings.is_sqlite:
+        log.warning(
+            "HUB_VAULT_KEYS is not set: credentials are sealed with a key file in %s, which every hub "
+            "process must share; set HUB_VAULT_KEYS in production",
+            settings.data_dir,
+        )
+    return Vault(load_keyring(configured, settings.vault_key_file))
+
+
+def create_app(settings: Settings | None = None, *, connector_registry: ConnectorRegistry | None = None) -> FastAPI:
+    """The hub's ASGI app.
+
+    :param connector_registry: the connectors to offer; by default the built-ins and the
+        installed plugins, filtered by HUB_CONNECTORS / HUB_DISABLED_CONNECTORS (tests pass
+        their own, without entry points).
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -116,6 +148,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             socket_connect_timeout=settings.redis_timeout_seconds,
         )
         metrics = HubMetrics()
+        registry = connector_registry or ConnectorRegistry(
+            allow=settings.connectors, block=settings.disabled_connectors
+        )
+        registry.load()
+        # One pooled client for every provider call of this process.
+        http_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        connector_host = ConnectorHost(
+            client=http_client,
+            breaker_storage=RedisBreakerStorage(redis),
+            oauth_clients=_oauth_clients(settings),
+            retry=RetryPolicy(max_attempts=settings.connector_retry_attempts),
+            breaker_fail_max=settings.breaker_fail_max,
+            breaker_reset_timeout=settings.breaker_reset_seconds,
+        )
         app.state.hub = HubState(
             settings=settings,
             db=db,
@@ -123,9 +172,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis,
             limiter=RateLimiter(redis, on_fail_open=metrics.rate_limit_fail_open.inc),
             metrics=metrics,
+            connectors=registry,
+            vault=_vault(settings),
+            connector_host=connector_host,
             principals=TTLCache(settings.api_key_cache_seconds),
         )
         app.state.hub.upserts = UpsertCommitter(app.state.hub)
+        worker = None
+        if settings.effective_worker_in_process:
+            # The embedded default runs the worker here (production runs `hub worker`).
+            from worker.runtime import WorkerRuntime
+
+            worker = WorkerRuntime(
+                settings, redis_url=redis_url, db=db, vault=app.state.hub.vault, registry=metrics.registry
+            )
+            await worker.start()
+        app.state.hub.worker = worker
+        app.state.hub.outbox_nudge = OutboxNudge(
+            redis, Keys(settings.worker_namespace), local=worker.wake if worker is not None else None
+        )
         if settings.demo_tenant:
             key = await bootstrap_demo_tenant(db)
             if key is not None:
@@ -137,6 +202,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if worker is not None:
+                await worker.stop()
+            await app.state.hub.outbox_nudge.close()
+            await http_client.aclose()
             await redis.aclose()
             await db.dispose()
             if embedded_redis is not None:
@@ -149,7 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     )
-    for module in (health, identity, deals, audit, api_keys):
+    for module in (health, identity, deals, audit, api_keys, connectors, connections, oauth, webhooks, runs):
         app.include_router(module.router)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, on_request=_on_request)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""The `hub` command: serve, migrate, and manage tenants and API keys."""
+"""The `hub` command: serve, run a worker, migrate, and manage tenants and API keys."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from core import apikeys, tenants
+from core import apikeys, credentials, tenants
 from core.changes import ChangeContext, mutation
 from core.db import Database
 from core.errors import HubError
@@ -16,6 +16,7 @@ from core.migrate import upgrade_to_head
 from core.models import Tenant
 from core.roles import Role
 from core.settings import Settings, get_settings
+from core.vault import KeyringInvalid, Vault, generate_key_line, load_keyring
 
 CLI_ACTOR = "cli"
 
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="Run the API (and, on the embedded default, everything else)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+
+    sub.add_parser("worker", help="Run a worker: jobs, the outbox relay and webhook delivery (needs REDIS_URL)")
 
     sub.add_parser("migrate", help="Apply database migrations")
 
@@ -50,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys_p.add_parser("revoke", help="Revoke a key")
     revoke.add_argument("--tenant", required=True)
     revoke.add_argument("key_id")
+
+    vault_p = sub.add_parser("vault", help="The credential vault's keys").add_subparsers(dest="action", required=True)
+    gen = vault_p.add_parser("generate-key", help="Print a new `kid:base64key` entry for HUB_VAULT_KEYS")
+    gen.add_argument("--kid", default=None, help="Key id (default: random)")
+    vault_p.add_parser(
+        "rotate", help="Re-encrypt every credential with the active (first) key of HUB_VAULT_KEYS"
+    )
 
     openapi = sub.add_parser("openapi", help="Print the OpenAPI schema; check or refresh the contract snapshot")
     openapi_mode = openapi.add_mutually_exclusive_group()
@@ -96,6 +106,17 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         elif args.command == "tenants" and args.action == "list":
             for tenant in await tenants.list_all(db):
                 print(f"{tenant.id}\t{tenant.name}")
+        elif args.command == "vault" and args.action == "rotate":
+            vault = Vault(load_keyring(
+                settings.vault_keys.get_secret_value() if settings.vault_keys else None, settings.vault_key_file
+            ))  # fmt: skip
+            report = await credentials.rotate(db, vault)
+            print(
+                f"active key {report.active_key_id}: re-encrypted {report.credentials} credential(s) and "
+                f"{report.oauth_states} pending authorization(s)"
+                + (f"; {report.unreadable} record(s) could not be opened (see the log)" if report.unreadable else "")
+            )
+            return 1 if report.unreadable else 0
         elif args.command == "apikeys":
             tenant = await _tenant(db, args.tenant)
             if args.action == "create":
@@ -124,7 +145,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hub.contract import run_cli
 
         return run_cli(check_only=args.check, write=args.write, snapshot=args.snapshot)
+    if args.command == "vault" and args.action == "generate-key":  # no settings or database needed
+        try:
+            print(generate_key_line(args.kid))
+        except KeyringInvalid as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     settings = get_settings()
+    if args.command == "worker":
+        from hub.logs import configure_logging
+        from worker.runtime import run_process
+
+        configure_logging(settings.log_level, json_lines=settings.log_json)
+        return run_process(settings)
     if args.command == "serve":
         from hub.serve import serve
 

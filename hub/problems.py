@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import HubError, RateLimited
+from core.errors import HubError
 from core.jsonable import dumps
 
 log = logging.getLogger("hub.errors")
@@ -75,7 +75,8 @@ def request_id_of(request: Request) -> str | None:
 
 async def _hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
     if exc.status == 401:
         headers = {"WWW-Authenticate": 'Bearer, ApiKey realm="hub"'}
     return problem(exc.status, exc.code, exc.title, exc.detail, request_id=request_id_of(request), details=exc.details, headers=headers)
@@ -140,6 +141,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         422: "The request failed validation",
         429: "Rate limit exceeded",
         500: "Unexpected error (no internals are included)",
+        502: "The provider refused or failed the call",
+        503: "The provider is unavailable or its circuit breaker is open; retry later",
     }
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:

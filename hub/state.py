@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
+from connectors.host import ConnectorHost
+from connectors.registry import ConnectorRegistry
 from core.db import Database
 from core.identity import Principal
 from core.models import Tenant
 from core.ratelimit import RateLimiter
 from core.settings import Settings
 from core.tokens import JWTVerifier
+from core.vault import Vault
 from hub.metrics import HubMetrics
 
 if TYPE_CHECKING:
@@ -55,6 +58,11 @@ class HubState:
     redis: Redis
     limiter: RateLimiter
     metrics: HubMetrics
+    # Integrations: the connectors this process offers, the credential vault, and the
+    # factory of live connectors (shared httpx client, Redis circuit breakers).
+    connectors: ConnectorRegistry
+    vault: Vault
+    connector_host: ConnectorHost
     # API keys are re-read at most every `api_key_cache_seconds`; a revocation
     # through this process clears the cache at once.
     principals: TTLCache = field(default_factory=lambda: TTLCache(5.0))
@@ -63,6 +71,10 @@ class HubState:
 
     # The CRM upsert's group committer, set by the app factory (it needs this state).
     upserts: UpsertCommitter | None = None
+    # Nudges the outbox relay after commits (`hub.outbox_nudge.notify_outbox`), and the
+    # in-process worker (`worker.runtime.WorkerRuntime`) when this process runs one.
+    outbox_nudge: Any = None
+    worker: Any = None
 
     def cached_principal(self, raw_key: str) -> Principal | None:
         value = self.principals.get(raw_key)

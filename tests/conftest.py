@@ -114,12 +114,24 @@ def settings(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
         jwks_file=jwks_file,
         max_body_bytes=256 * 1024,
         idempotency_wait_seconds=30.0,
+        # Tests start the workers they need (tests/worker); receivers listen on 127.0.0.1.
+        worker_in_process=False,
+        worker_namespace=f"hubtest-{uuid.uuid4().hex[:12]}",
+        webhooks_allow_private=True,
     )
+
+
+# The app's connectors in tests: the built-ins, FakeCRM and the test connectors of
+# tests/hub/integration_connectors.py; never whatever plugins happen to be installed.
+TEST_CONNECTOR_PLUGINS = ("connectors.fake_crm", "tests.hub.integration_connectors")
 
 
 @pytest.fixture(scope="session")
 async def app(settings: Settings) -> AsyncIterator[object]:
-    application = create_app(settings)
+    from connectors.registry import ConnectorRegistry
+
+    registry = ConnectorRegistry(plugins=list(TEST_CONNECTOR_PLUGINS), load_entry_points=False)
+    application = create_app(settings, connector_registry=registry)
     async with application.router.lifespan_context(application):
         yield application
 

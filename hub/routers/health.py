@@ -13,11 +13,17 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from core import jobs
 from core.jsonable import dumps
 from hub.problems import MEDIA_TYPE, problem_document, request_id_of
 from hub.state import HubState
 
 router = APIRouter(tags=["operations"])
+
+
+class NoLiveWorker(Exception):
+    """No worker heartbeat in Redis (none running, or none reaching Redis)."""
+
 CHECK_TIMEOUT_SECONDS = 2.0
 
 
@@ -59,9 +65,16 @@ async def readiness(state: HubState) -> Readiness:
     async def redis() -> None:
         await state.redis.ping()
 
-    # Redis is not required to serve the API (rate limits fail open); it is reported.
-    db_status, redis_status = await asyncio.gather(_probe(database, required=True), _probe(redis, required=False))
-    components = {"database": db_status, "redis": redis_status}
+    async def worker() -> None:
+        if not await jobs.live_workers(state.redis, jobs.Keys(state.settings.worker_namespace)):
+            raise NoLiveWorker
+
+    # Redis is not required to serve the API (rate limits fail open), nor is a worker
+    # (events wait in the outbox until one runs); both are reported.
+    db_status, redis_status, worker_status = await asyncio.gather(
+        _probe(database, required=True), _probe(redis, required=False), _probe(worker, required=False)
+    )
+    components = {"database": db_status, "redis": redis_status, "worker": worker_status}
     if any(c.required and c.status != "up" for c in components.values()):
         overall = "unavailable"
     elif any(c.status != "up" for c in components.values()):
@@ -74,7 +87,7 @@ async def readiness(state: HubState) -> Readiness:
 @router.get(
     "/health/ready",
     response_model=Readiness,
-    summary="Readiness: database, Redis and their latency",
+    summary="Readiness: database, Redis and worker heartbeat, with latency",
     responses={503: {"description": "A required component is down (problem+json with `components`)"}},
 )
 async def ready(request: Request) -> Response:

@@ -358,7 +358,15 @@ REPRESENTATIVE: dict[Permission, tuple[str, str, dict[str, Any] | None, set[int]
     Permission.DEALS_UPSERT: ("PUT", "/api/v1/deals/by-ref/{system}/{external_id}", deal_body(), {201}),
     Permission.AUDIT_READ: ("GET", "/api/v1/audit-events", None, {200}),
     Permission.API_KEYS_MANAGE: ("GET", "/api/v1/api-keys", None, {200}),
+    Permission.CONNECTORS_READ: ("GET", "/api/v1/connectors", None, {200}),
+    Permission.CONNECTIONS_MANAGE: ("GET", "/api/v1/connections", None, {200}),
+    Permission.WEBHOOKS_MANAGE: ("GET", "/api/v1/webhook-endpoints", None, {200}),
+    Permission.RUNS_READ: ("GET", "/api/v1/runs", None, {200}),
+    # An unknown run: allowed roles get past authorisation to the 404.
+    Permission.RUNS_MANAGE: ("POST", "/api/v1/runs/{run_id}/cancel", None, {404}),
 }
+# Routes that take no credential, on purpose (a `hub.auth.public(reason)` dependency).
+PUBLIC_ROUTES = {("GET", "/api/v1/oauth/callback")}
 
 
 def api_routes(app: Any) -> list[Any]:
@@ -368,8 +376,23 @@ def api_routes(app: Any) -> list[Any]:
     return list(iter_contexts(app.routes)) if iter_contexts is not None else list(app.routes)
 
 
+def _is_public(dependant: Any) -> bool:
+    return getattr(dependant.call, "public", None) is not None or any(_is_public(d) for d in dependant.dependencies)
+
+
+def public_routes(app: Any) -> set[tuple[str, str]]:
+    """(method, path) of the API routes declared public."""
+    return {
+        (method, route.path)
+        for route in api_routes(app)
+        if (getattr(route, "path", None) or "").startswith("/api/") and _is_public(route.dependant)
+        for method in route.methods
+    }
+
+
 def route_permissions(app: Any) -> dict[tuple[str, str], set[Permission]]:
-    """(method, path) of every API route -> the permissions its dependencies require."""
+    """(method, path) of every API route but the public ones -> the permissions its
+    dependencies require."""
     found: dict[tuple[str, str], set[Permission]] = {}
 
     def walk(dependant: Any, into: set[Permission]) -> None:
@@ -381,7 +404,7 @@ def route_permissions(app: Any) -> dict[tuple[str, str], set[Permission]]:
 
     for route in api_routes(app):
         path = getattr(route, "path", None) or ""
-        if path.startswith("/api/"):
+        if path.startswith("/api/") and not _is_public(route.dependant):
             assert isinstance(getattr(route, "original_route", route), APIRoute), path
             for method in route.methods:
                 perms: set[Permission] = set()
@@ -405,7 +428,8 @@ async def test_policy_table_per_role(app, client, make_tenant, permission):
     outcomes: dict[Role, int] = {}
     for role in Role:
         path = template.format(
-            deal_id=await _fresh_deal(client, tenant), system="salesforce", external_id=uuid.uuid4().hex
+            deal_id=await _fresh_deal(client, tenant), system="salesforce", external_id=uuid.uuid4().hex,
+            run_id=uuid.uuid4(),
         )
         r = await client.request(method, path, json=body, headers=tenant.headers(role))
         outcomes[role] = r.status_code
@@ -448,6 +472,10 @@ async def test_every_api_route_enforces_its_policy_for_every_role(app, client, t
             if not denied and r.status_code in (401, 403):
                 failures.append((method, path, role.value, r.status_code))
     assert not failures
+
+
+def test_only_the_listed_routes_are_public(app):
+    assert public_routes(app) == PUBLIC_ROUTES
 
 
 def test_every_api_route_requires_a_permission(app):

@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from core.changes import ChangeContext, mutation
+from core.jobs import Keys, beat, forget
 from core.identity import Principal
 from core.roles import Role
 from core.tenants import set_limits
@@ -128,14 +129,19 @@ async def test_ready_is_503_problem_when_the_database_is_down(settings, tmp_path
         assert r.json()["code"] == "UPSTREAM_UNAVAILABLE"
 
 
-async def test_health_and_ready(client):
+async def test_health_and_ready(client, app, settings):
     assert (await client.get("/health")).json() == {"status": "ok"}
+    # A worker's heartbeat, as `hub worker` writes it (tests/worker covers the real one).
+    keys = Keys(settings.worker_namespace)
+    await beat(app.state.hub.redis, keys, "test-worker", {}, ttl_seconds=30)
     r = await client.get("/health/ready")
+    await forget(app.state.hub.redis, keys, "test-worker")
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok"
     assert body["components"]["database"]["latency_ms"] >= 0
     assert body["components"]["redis"]["status"] == "up"
+    assert body["components"]["worker"] == {"status": "up", "required": False, "latency_ms": body["components"]["worker"]["latency_ms"], "error": None}
 
 
 async def test_metrics_count_requests_replays_rejections_and_audit_events(client, limited_tenant):

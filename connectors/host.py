@@ -1,0 +1,332 @@
+"""Running connectors for a host process (the hub's API, the worker): one ``ConnectorHost``
+per process builds a live connector per tenant connection.
+
+What it wires, per connection: the connection's configuration (plain fields and secrets
+merged back), its auth (OAuth tokens with a ``refresh`` callback that runs the right grant
+and an ``on_token_update`` callback that persists rotated tokens), a ``HubHttp`` on the
+process's shared ``httpx.AsyncClient``, a circuit breaker named for the tenant connection
+in shared storage (Redis), and a rate limiter of its own, so one tenant's failing or busy
+connection never slows another's.
+
+Persistence comes in through the ``TokenStore`` protocol (the hub and the worker pass
+``core.connections.ConnectionStore``); this module imports the SDK only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, get_args
+
+import httpx
+from pydantic import BaseModel, SecretBytes, SecretStr
+
+from connectors.oauth import OAuthClient, client_for, with_expiry
+from connectors.sdk import (
+    AsyncCircuitBreaker,
+    AuthError,
+    BreakerStorage,
+    ConfigError,
+    Connector,
+    HubHttp,
+    OAuth2AuthorizationCode,
+    OAuth2ClientCredentials,
+    ProviderError,
+    ProviderUnavailable,
+    RetryPolicy,
+    TokenBucket,
+    fetch_client_credentials_token,
+    refresh_oauth2_token,
+)
+
+logger = logging.getLogger(__name__)
+
+_MAX_RATE_LIMITERS = 10_000
+
+
+class TokenStore(Protocol):
+    """Where a host writes what it learns about a connection's credentials."""
+
+    async def save_token(self, connection_id: str, token: dict[str, Any]) -> None:
+        """Persist a refreshed or newly minted token (encrypted) before it is used."""
+        ...
+
+    async def auth_failed(self, connection_id: str, reason: str) -> None:
+        """The provider refused to refresh or mint a token: the connection needs reconnecting."""
+        ...
+
+
+def classify(exc: BaseException) -> str:
+    """What a failed call says about the connection's health (the values of
+    ``core.connections.Outcome``):
+
+    - ``auth_failed``: credentials rejected (or their refresh refused): reconnect needed;
+    - ``unavailable``: the provider is down, timing out, or the breaker is open;
+    - ``misconfigured``: the provider refuses the setup (permission, missing field);
+    - ``rejected``: this one request was refused (bad input, quota) or the connector
+      failed on it: the connection itself is fine.
+    """
+    if isinstance(exc, AuthError):
+        return "auth_failed"
+    if isinstance(exc, ProviderUnavailable):  # CircuitOpen included
+        return "unavailable"
+    if isinstance(exc, ConfigError):
+        return "misconfigured"
+    if isinstance(exc, ProviderError):
+        return "rejected"
+    if isinstance(exc, (TimeoutError, httpx.TransportError)):
+        return "unavailable"
+    return "rejected"
+
+
+def secret_fields(config_model: type[BaseModel]) -> frozenset[str]:
+    """The fields of a connector's ``Config`` that hold secrets (``SecretStr``/``SecretBytes``,
+    also inside ``Optional``/unions): they go to the vault, never into plain config."""
+    found = set()
+    for name, info in config_model.model_fields.items():
+        stack: list[Any] = [info.annotation]
+        while stack:
+            annotation = stack.pop()
+            if annotation in (SecretStr, SecretBytes):
+                found.add(name)
+                break
+            stack.extend(get_args(annotation))
+    return frozenset(found)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """A validated configuration, split into what may be stored in clear and the secrets."""
+
+    model: BaseModel
+    plain: dict[str, Any]
+    secrets: dict[str, str]
+
+    def __repr__(self) -> str:
+        return f"SplitConfig(plain={self.plain!r}, secrets={sorted(self.secrets)})"
+
+
+def split_config(cls: type[Connector], values: Mapping[str, Any]) -> SplitConfig:
+    """Validate ``values`` against ``cls.Config`` and split it.
+
+    Only the fields given (or set by the caller) are kept in ``plain``, so later defaults of
+    the connector apply to fields the admin never set.
+
+    :raises pydantic.ValidationError: the values do not fit the connector's ``Config``.
+    """
+    model = cls.Config.model_validate(dict(values))
+    hidden = secret_fields(cls.Config)
+    plain = model.model_dump(mode="json", exclude_unset=True, exclude=set(hidden))
+    secrets: dict[str, str] = {}
+    for name in hidden:
+        value = getattr(model, name, None)
+        if isinstance(value, SecretStr):
+            secrets[name] = value.get_secret_value()
+        elif isinstance(value, SecretBytes):
+            secrets[name] = value.get_secret_value().decode("utf-8", "surrogateescape")
+    return SplitConfig(model=model, plain=plain, secrets=secrets)
+
+
+def parse_config(cls: type[Connector], plain: Mapping[str, Any], secrets: Mapping[str, str]) -> BaseModel:
+    """The connector's ``Config`` from stored plain fields and decrypted secrets."""
+    return cls.Config.model_validate({**dict(plain), **dict(secrets)})
+
+
+@dataclass
+class LiveConnector:
+    """A connector ready to call its provider for one tenant connection."""
+
+    connector: Connector
+    http: HubHttp
+    breaker: AsyncCircuitBreaker
+
+    def __repr__(self) -> str:
+        return f"LiveConnector({type(self.connector).__name__}, breaker={self.breaker.name!r})"
+
+
+Refresh = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+
+
+class ConnectorHost:
+    """The process-wide pieces every live connector shares, and the factory of live connectors.
+
+    :param client: the shared ``httpx.AsyncClient`` (connection pooling).
+    :param breaker_storage: where circuit breakers live (``RedisBreakerStorage`` so every
+        process sees the same breaker per tenant connection).
+    :param oauth_clients: the hub's OAuth registrations by connector key.
+    :param retry: the retry policy of provider calls.
+    :param breaker_fail_max: consecutive outages that open a connection's breaker.
+    :param breaker_reset_timeout: seconds an open breaker refuses calls.
+    :param sleep: async sleep used between retries (tests pass a no-op).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        breaker_storage: BreakerStorage,
+        oauth_clients: Mapping[str, OAuthClient] | None = None,
+        retry: RetryPolicy | None = None,
+        breaker_fail_max: int = 5,
+        breaker_reset_timeout: float = 60.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.breaker_storage = breaker_storage
+        self.oauth_clients: dict[str, OAuthClient] = dict(oauth_clients or {})
+        self.retry = retry or RetryPolicy()
+        self.breaker_fail_max = breaker_fail_max
+        self.breaker_reset_timeout = breaker_reset_timeout
+        self.sleep = sleep
+        self._rate_limiters: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+
+    def breaker(self, tenant_id: str, connection_id: str) -> AsyncCircuitBreaker:
+        """The circuit breaker of one tenant connection."""
+        return AsyncCircuitBreaker.for_connection(
+            tenant_id,
+            connection_id,
+            storage=self.breaker_storage,
+            fail_max=self.breaker_fail_max,
+            reset_timeout=self.breaker_reset_timeout,
+        )
+
+    def _rate_limiter(self, cls: type[Connector], tenant_id: str, connection_id: str) -> TokenBucket | None:
+        if cls.rate_limit is None:
+            return None
+        # Per connection: provider quotas are per account, and one tenant's burst must not
+        # queue another tenant's calls.
+        key = (tenant_id, connection_id)
+        bucket = self._rate_limiters.get(key)
+        if bucket is None:
+            bucket = TokenBucket.from_limit(cls.rate_limit)
+            self._rate_limiters[key] = bucket
+            if len(self._rate_limiters) > _MAX_RATE_LIMITERS:
+                self._rate_limiters.popitem(last=False)
+        else:
+            self._rate_limiters.move_to_end(key)
+        return bucket
+
+    def oauth_client(self, cls: type[Connector], config: BaseModel, secrets: Mapping[str, str]) -> OAuthClient | None:
+        return client_for(cls.key, config, secrets, self.oauth_clients)
+
+    def refresher(
+        self,
+        cls: type[Connector],
+        config: BaseModel,
+        secrets: Mapping[str, str],
+        *,
+        connection_id: str,
+        store: TokenStore | None,
+    ) -> Refresh | None:
+        """The ``refresh`` callback of a connection's OAuth auth, or ``None`` if its scheme
+        has no token to refresh. A refused grant is reported to ``store.auth_failed``."""
+        spec = cls.auth_for(config)
+        if not isinstance(spec, (OAuth2AuthorizationCode, OAuth2ClientCredentials)):
+            return None
+        client = self.oauth_client(cls, config, secrets)
+
+        async def refresh(token: Mapping[str, Any]) -> Mapping[str, Any]:
+            try:
+                if client is None:
+                    raise AuthError(f"no OAuth client is configured for {cls.key}")
+                if isinstance(spec, OAuth2ClientCredentials):
+                    if not client.client_secret:
+                        raise AuthError(f"the OAuth client of {cls.key} has no client secret")
+                    fresh = await fetch_client_credentials_token(
+                        self.client,
+                        token_url=spec.token_url,
+                        client_id=client.client_id,
+                        client_secret=client.client_secret,
+                        scopes=spec.scopes,
+                    )
+                else:
+                    fresh = await refresh_oauth2_token(
+                        self.client,
+                        token_url=spec.token_url,
+                        token=token,
+                        client_id=client.client_id,
+                        client_secret=client.client_secret,
+                    )
+            except AuthError as exc:
+                logger.warning("token refresh of connection %s refused: %s", connection_id, exc.message)
+                if store is not None:
+                    await store.auth_failed(connection_id, exc.message)
+                raise
+            return fresh
+
+        return refresh
+
+    def build(
+        self,
+        cls: type[Connector],
+        *,
+        tenant_id: str,
+        connection_id: str,
+        config: Mapping[str, Any],
+        secrets: Mapping[str, str],
+        token: Mapping[str, Any] | None,
+        store: TokenStore | None,
+    ) -> LiveConnector:
+        """A live connector for one tenant connection.
+
+        :param config: the stored plain configuration.
+        :param secrets: the decrypted secret fields of the configuration.
+        :param token: the decrypted OAuth token, if any.
+        :param store: receives rotated tokens and refusals; ``None`` keeps them in memory only.
+        """
+        parsed = parse_config(cls, config, secrets)
+        refresh = self.refresher(cls, parsed, secrets, connection_id=connection_id, store=store)
+
+        async def on_token_update(fresh: dict[str, Any]) -> None:
+            if store is not None:
+                await store.save_token(connection_id, fresh)
+
+        auth = cls.http_auth(
+            parsed,
+            dict(token or {}),
+            refresh=refresh,
+            on_token_update=on_token_update if refresh is not None else None,
+        )
+        breaker = self.breaker(tenant_id, connection_id)
+        http = HubHttp(
+            auth=auth,
+            client=self.client,
+            retry=self.retry,
+            rate_limiter=self._rate_limiter(cls, tenant_id, connection_id),
+            breaker=breaker,
+            errors=cls.errors,
+            sleep=self.sleep,
+        )
+        connector = cls(config=parsed, credentials=dict(token or {}), http=http)
+        return LiveConnector(connector=connector, http=http, breaker=breaker)
+
+    async def refresh_now(
+        self,
+        cls: type[Connector],
+        *,
+        connection_id: str,
+        config: Mapping[str, Any],
+        secrets: Mapping[str, str],
+        token: Mapping[str, Any] | None,
+        store: TokenStore,
+    ) -> dict[str, Any]:
+        """Refresh (or mint) a connection's token now and persist it.
+
+        :raises ValueError: the connector's auth scheme has no token to refresh.
+        :raises AuthError: the provider refused (already reported to ``store``).
+        :raises ProviderUnavailable: the token endpoint failed.
+        """
+        parsed = parse_config(cls, config, secrets)
+        refresh = self.refresher(cls, parsed, secrets, connection_id=connection_id, store=store)
+        if refresh is None:
+            raise ValueError(f"{cls.key} has no token to refresh")
+        current = dict(token or {})
+        # Like OAuth2Auth: a refresh without a new refresh_token keeps the old one.
+        merged = {**current, **with_expiry(await refresh(current))}
+        if not merged.get("access_token"):
+            raise AuthError("token refresh returned no access token")
+        await store.save_token(connection_id, merged)
+        return merged

@@ -1,0 +1,608 @@
+"""Webhook deliveries: one per (event, endpoint), retried on a schedule, every attempt logged.
+
+    pending --2xx-------------------------------------> succeeded
+    pending --failure, attempts left------------------> pending (next_attempt_at later)
+    pending --failure, none left; 410; endpoint off---> failed
+    failed | succeeded --replay-----------------------> pending (a new round of attempts)
+
+A worker owns a pending delivery while its lease runs. One that dies lets the lease
+lapse, and the delivery becomes due for any worker again: delivery is at least once,
+and receivers dedupe by `webhook-id` (the event id, the same on every attempt).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Text, and_, bindparam, cast, column, insert, null, or_, select, table, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import webhooks
+from core.changes import Mutation
+from core.db import Database
+from core.errors import Conflict, NotFound
+from core.jsonable import dumps, iso
+from core.models import OutboxEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint, new_id, utcnow
+from core.pagination import MAX_LIMIT, Sort, decode_cursor, encode_cursor, page, split
+from core.vault import Vault, VaultError
+
+RESOURCE = "webhook_delivery"
+PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+STATUSES = (PENDING, SUCCEEDED, FAILED)
+# Attempt outcomes.
+SUCCESS, HTTP_ERROR, TIMEOUT, CONNECTION_ERROR, ADDRESS_REFUSED, ENDPOINT_DISABLED = OUTCOMES = (
+    "success", "http_error", "timeout", "connection_error", "address_refused", "endpoint_disabled",
+)  # fmt: skip
+MAX_ERROR_LENGTH = 500
+
+D = WebhookDelivery
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When a failed delivery is tried again: `schedule[n-1]` seconds after its n-th
+    attempt, give or take `jitter`; never before a Retry-After the endpoint asked for."""
+
+    schedule: tuple[float, ...]
+    jitter: float = 0.2
+    retry_after_max: float = 86400.0
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.schedule) + 1
+
+    def delay(self, attempts_made: int, retry_after: float | None = None, rng: random.Random | None = None) -> float | None:
+        """Seconds until the next attempt, or None when the round's attempts are used up."""
+        if attempts_made >= self.max_attempts:
+            return None
+        base = self.schedule[attempts_made - 1]
+        spread = (rng or random).uniform(-self.jitter, self.jitter) if self.jitter else 0.0
+        delay = max(0.0, base * (1 + spread))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.retry_after_max))
+        return delay
+
+
+@dataclass(slots=True)
+class Target:
+    """An endpoint as a worker sends to it."""
+
+    endpoint_id: str
+    tenant_id: str
+    url: str
+    enabled: bool
+    secrets: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Due:
+    """A delivery a worker has claimed, with the body it sends."""
+
+    id: str
+    tenant_id: str
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    attempts: int
+    total_attempts: int
+    body: bytes
+    # When the event was written (just before its commit): the start of delivery lag.
+    event_created_at: datetime
+
+
+@dataclass(slots=True)
+class AttemptResult:
+    """What one attempt did, as the worker saw it."""
+
+    due: Due
+    started_at: datetime
+    duration_ms: float
+    outcome: str
+    status_code: int | None = None
+    error: str | None = None
+    excerpt: str | None = None
+    # The endpoint asked for this delay (Retry-After on 429/502/503/504).
+    retry_after: float | None = None
+    # 410 Gone: stop, and disable the endpoint.
+    gone: bool = False
+
+
+@dataclass(slots=True)
+class Recorded:
+    """What recording a batch of attempts decided."""
+
+    succeeded: int = 0
+    retrying: int = 0
+    failed: int = 0
+    # (tenant id, endpoint id, reason, detail) of endpoints to disable now.
+    disable: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # The earliest retry due, if any (a worker wakes for it rather than waiting a sweep).
+    next_retry_at: datetime | None = None
+
+
+# --- the hot path's rows
+#
+# A delivery costs a handful of row writes, and at thousands per second SQLAlchemy's
+# per-value type processing dominates them. The statements below name their tables'
+# columns untyped and take values as the driver stores them: a UTC timestamp as SQLite's
+# text (the format SQLAlchemy's SQLite DATETIME writes, so reads and comparisons agree)
+# or a datetime for PostgreSQL; an event's payload as the JSON text the database holds.
+
+RAW_DELIVERIES = table("webhook_deliveries", *(column(c.name) for c in WebhookDelivery.__table__.c))
+RAW_ATTEMPTS = table("webhook_attempts", *(column(c.name) for c in WebhookAttempt.__table__.c))
+_EVENTS = OutboxEvent.__table__
+EVENT_COLUMNS = (
+    _EVENTS.c.id,
+    _EVENTS.c.tenant_id,
+    _EVENTS.c.event_type,
+    _EVENTS.c.resource_type,
+    _EVENTS.c.resource_id,
+    cast(_EVENTS.c.payload, Text).label("payload"),
+    _EVENTS.c.occurred_at,
+    _EVENTS.c.created_at,
+)
+
+Stamp = Callable[[datetime | None], Any]
+
+
+def _sqlite_stamp(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.utcoffset():
+        value = value.astimezone(timezone.utc)
+    return f"{value:%Y-%m-%d %H:%M:%S.%f}"
+
+
+def _same(value: datetime | None) -> datetime | None:
+    return value
+
+
+def stamper(db: Database) -> Stamp:
+    """How this database's driver takes a timestamp on the hot path."""
+    return _sqlite_stamp if db.is_sqlite else _same
+
+
+def envelope_body(event: Any) -> bytes:
+    """The delivered body: the event envelope (`core.outbox.envelope`), with the payload
+    as the database holds its JSON (a row of `EVENT_COLUMNS`)."""
+    head = dumps(
+        {
+            "event_id": event.id,
+            "event_type": event.event_type,
+            "occurred_at": iso(event.occurred_at),
+            "tenant_id": event.tenant_id,
+            "resource_type": event.resource_type,
+            "resource_id": event.resource_id,
+        }
+    )
+    return head[:-1] + b',"payload":' + event.payload.encode() + b"}"
+
+
+def _truncate(text: str | None, limit: int = MAX_ERROR_LENGTH) -> str | None:
+    return None if text is None else text[:limit]
+
+
+# --- what workers do
+
+
+async def load_targets(db: Database, vault: Vault, endpoint_ids: Sequence[str]) -> dict[str, Target]:
+    """The endpoints' URLs and signing secrets (a deleted endpoint is simply absent)."""
+    if not endpoint_ids:
+        return {}
+    now = utcnow()
+    async with db.read(None) as session:
+        stmt = select(WebhookEndpoint).where(WebhookEndpoint.id.in_(list(endpoint_ids))).execution_options(cross_tenant=True)
+        rows = list((await session.execute(stmt)).scalars())
+    return {row.id: target_of(vault, row, now) for row in rows}
+
+
+def target_of(vault: Vault, endpoint: WebhookEndpoint, now: datetime) -> Target:
+    try:
+        secrets = webhooks.unseal(
+            vault,
+            tenant_id=endpoint.tenant_id,
+            endpoint_id=endpoint.id,
+            key_id=endpoint.secret_key_id,
+            nonce=endpoint.secret_nonce,
+            ciphertext=endpoint.secret_ciphertext,
+        ).signing(endpoint.previous_secret_expires_at, now)
+        enabled = endpoint.enabled
+    except VaultError:
+        # A secret this worker cannot open signs nothing: treat the endpoint as off.
+        secrets, enabled = (), False
+    return Target(endpoint.id, endpoint.tenant_id, endpoint.url, enabled, secrets)
+
+
+def _due_now(now: datetime) -> Any:
+    return and_(D.status == PENDING, D.next_attempt_at <= now, or_(D.lease_until.is_(None), D.lease_until < now))
+
+
+async def claim_due(
+    db: Database, *, owner: str, lease_seconds: float, limit: int, exclude: Sequence[str] = ()
+) -> list[Due]:
+    """Lease up to `limit` due deliveries (retries, and those no worker holds) to `owner`.
+    Several workers claim at once safely: rows locked by another are skipped."""
+    now = utcnow()
+    condition = _due_now(now)
+    if exclude:
+        condition = and_(condition, D.endpoint_id.not_in(list(exclude)))
+    # A cheap read first, so an idle sweep never takes the (SQLite) write lock.
+    async with db.read(None) as session:
+        probe = select(D.id).where(condition).limit(1).execution_options(cross_tenant=True)
+        if (await session.execute(probe)).first() is None:
+            return []
+    async with db.write(None) as session:
+        chosen = (
+            select(D.id).where(condition).order_by(D.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(D)
+            .where(D.id.in_(chosen.scalar_subquery()))
+            .values(lease_until=now + timedelta(seconds=lease_seconds), lease_owner=owner)
+            .returning(D.id, D.tenant_id, D.endpoint_id, D.event_id, D.event_type, D.attempts, D.total_attempts)
+            .execution_options(cross_tenant=True, synchronize_session=False)
+        )
+        claimed = list(await session.execute(stmt))
+        if not claimed:
+            return []
+        events_stmt = (
+            select(*EVENT_COLUMNS)
+            .where(_EVENTS.c.id.in_({row.event_id for row in claimed}))
+            .execution_options(cross_tenant=True)
+        )
+        events = {e.id: e for e in await session.execute(events_stmt)}
+    return [
+        Due(
+            row.id, row.tenant_id, row.endpoint_id, row.event_id, row.event_type, row.attempts, row.total_attempts,
+            envelope_body(events[row.event_id]), events[row.event_id].created_at,
+        )  # fmt: skip
+        for row in claimed
+        if row.event_id in events
+    ]
+
+
+class DriverStatement:
+    """A statement compiled once per dialect and run as one executemany straight on the
+    driver, with each row's values in the compiled order (no per-value processing)."""
+
+    def __init__(self, build: Callable[[str], Any]) -> None:
+        self._build = build
+        self._compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    def _sql(self, dialect: Any) -> tuple[str, tuple[str, ...]]:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self._build(dialect.name).compile(dialect=dialect)
+            found = self._compiled[dialect.name] = (str(compiled), tuple(compiled.positiontup or ()))
+        return found
+
+    async def executemany(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        connection = await session.connection()
+        sql, order = self._sql(connection.dialect)
+        await connection.exec_driver_sql(sql, [tuple(row[name] for name in order) for row in rows])
+
+
+def _binds(columns: Sequence[str]) -> dict[str, Any]:
+    return {name: bindparam(name) for name in columns}
+
+
+DELIVERY_COLUMNS = (
+    "id", "tenant_id", "endpoint_id", "event_id", "event_type", "status", "attempts", "total_attempts",
+    "next_attempt_at", "lease_until", "lease_owner", "created_at", "updated_at",
+)  # fmt: skip
+ATTEMPT_COLUMNS = (
+    "id", "tenant_id", "delivery_id", "endpoint_id", "number", "started_at", "duration_ms", "status_code",
+    "outcome", "error", "response_excerpt", "next_attempt_at",
+)  # fmt: skip
+
+
+def _insert_deliveries(dialect: str) -> Any:
+    insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
+    # A delivery that exists already is kept (sending it twice is harmless).
+    return insert_(RAW_DELIVERIES).values(_binds(DELIVERY_COLUMNS)).on_conflict_do_nothing(
+        index_elements=["endpoint_id", "event_id"]
+    )
+
+
+INSERT_DELIVERIES = DriverStatement(_insert_deliveries)
+INSERT_ATTEMPTS = DriverStatement(lambda dialect: insert(RAW_ATTEMPTS).values(_binds(ATTEMPT_COLUMNS)))
+FINISH_DELIVERIES = DriverStatement(
+    lambda dialect: update(RAW_DELIVERIES)
+    .where(RAW_DELIVERIES.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        total_attempts=bindparam("b_total"),
+        next_attempt_at=bindparam("b_next"),
+        lease_until=null(),
+        lease_owner=null(),
+        last_status_code=bindparam("b_code"),
+        last_error=bindparam("b_error"),
+        last_attempt_at=bindparam("b_started"),
+        updated_at=bindparam("b_now"),
+        completed_at=bindparam("b_completed"),
+    )
+)
+
+
+async def record(
+    db: Database, results: Sequence[AttemptResult], *, policy: RetryPolicy, disable_after_seconds: float
+) -> Recorded:
+    """Log a batch of attempts and move their deliveries on, in one transaction; notes
+    endpoints that answered 410 or have failed for longer than `disable_after_seconds`."""
+    out = Recorded()
+    if not results:
+        return out
+    now = utcnow()
+    stamp = stamper(db)
+    now_stamp = stamp(now)
+    attempts: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    # The last outcome per endpoint decides whether it is failing.
+    endpoint_ok: dict[str, bool] = {}
+    tenants: dict[str, str] = {}
+    for r in results:
+        due = r.due
+        made = due.attempts + 1
+        if r.outcome == SUCCESS:
+            status, next_at = SUCCEEDED, None
+            out.succeeded += 1
+        else:
+            delay = None if (r.gone or r.outcome == ENDPOINT_DISABLED) else policy.delay(made, r.retry_after)
+            if delay is None:
+                status, next_at = FAILED, None
+                out.failed += 1
+            else:
+                status, next_at = PENDING, r.started_at + timedelta(seconds=r.duration_ms / 1000 + delay)
+                out.retrying += 1
+                if out.next_retry_at is None or next_at < out.next_retry_at:
+                    out.next_retry_at = next_at
+        if r.outcome != ENDPOINT_DISABLED:
+            endpoint_ok[due.endpoint_id] = r.outcome == SUCCESS
+            tenants[due.endpoint_id] = due.tenant_id
+        if r.gone:
+            out.disable.append((due.tenant_id, due.endpoint_id, webhooks.GONE, "The endpoint answered 410 Gone"))
+        attempts.append(
+            {
+                "id": new_id(),
+                "tenant_id": due.tenant_id,
+                "delivery_id": due.id,
+                "endpoint_id": due.endpoint_id,
+                "number": due.total_attempts + 1,
+                "started_at": (started := stamp(r.started_at)),
+                "duration_ms": round(r.duration_ms, 3),
+                "status_code": r.status_code,
+                "outcome": r.outcome,
+                "error": _truncate(r.error),
+                "response_excerpt": r.excerpt,
+                "next_attempt_at": (next_stamp := stamp(next_at)),
+            }
+        )
+        changes.append(
+            {
+                "b_id": due.id,
+                "b_status": status,
+                "b_attempts": made,
+                "b_total": due.total_attempts + 1,
+                "b_next": next_stamp,
+                "b_code": r.status_code,
+                "b_error": _truncate(r.error),
+                "b_started": started,
+                "b_now": now_stamp,
+                "b_completed": None if status == PENDING else now_stamp,
+            }
+        )
+    async with db.write(None) as session:
+        # A delivery deleted meanwhile (its endpoint was) has nothing left to log against.
+        ids = [c["b_id"] for c in changes]
+        alive_stmt = select(D.id).where(D.id.in_(ids)).execution_options(cross_tenant=True)
+        alive = set((await session.execute(alive_stmt)).scalars())
+        if len(alive) < len(ids):
+            attempts = [a for a in attempts if a["delivery_id"] in alive]
+            changes = [c for c in changes if c["b_id"] in alive]
+        await INSERT_ATTEMPTS.executemany(session, attempts)
+        await FINISH_DELIVERIES.executemany(session, changes)
+        await _track_failing(session, endpoint_ok, now)
+        failing = [e for e, ok in endpoint_ok.items() if not ok]
+        if failing:
+            too_long = select(WebhookEndpoint.id).where(
+                WebhookEndpoint.id.in_(failing),
+                WebhookEndpoint.enabled.is_(True),
+                WebhookEndpoint.failing_since < now - timedelta(seconds=disable_after_seconds),
+            )
+            for endpoint_id in (await session.execute(too_long.execution_options(cross_tenant=True))).scalars():
+                out.disable.append(
+                    (tenants[endpoint_id], endpoint_id, webhooks.FAILING, "Every attempt failed for longer than allowed")
+                )
+    return out
+
+
+async def _track_failing(session: AsyncSession, endpoint_ok: dict[str, bool], now: datetime) -> None:
+    E = WebhookEndpoint
+    failed = [e for e, ok in endpoint_ok.items() if not ok]
+    recovered = [e for e, ok in endpoint_ok.items() if ok]
+    if failed:
+        await session.execute(
+            update(E)
+            .where(E.id.in_(failed), E.failing_since.is_(None))
+            .values(failing_since=now, version=E.version + 1)
+            .execution_options(cross_tenant=True, synchronize_session=False)
+        )
+    if recovered:
+        await session.execute(
+            update(E)
+            .where(E.id.in_(recovered), E.failing_since.is_not(None))
+            .values(failing_since=None, version=E.version + 1)
+            .execution_options(cross_tenant=True, synchronize_session=False)
+        )
+
+
+# --- what callers see
+
+
+def view(delivery: WebhookDelivery) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "endpoint_id": delivery.endpoint_id,
+        "event_id": delivery.event_id,
+        "event_type": delivery.event_type,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "total_attempts": delivery.total_attempts,
+        "next_attempt_at": delivery.next_attempt_at if delivery.status == PENDING else None,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "last_attempt_at": delivery.last_attempt_at,
+        "created_at": delivery.created_at,
+        "updated_at": delivery.updated_at,
+        "completed_at": delivery.completed_at,
+    }
+
+
+def attempt_view(attempt: WebhookAttempt) -> dict[str, Any]:
+    return {
+        "id": attempt.id,
+        "delivery_id": attempt.delivery_id,
+        "number": attempt.number,
+        "started_at": attempt.started_at,
+        "duration_ms": attempt.duration_ms,
+        "status_code": attempt.status_code,
+        "outcome": attempt.outcome,
+        "error": attempt.error,
+        "response_excerpt": attempt.response_excerpt,
+        "next_attempt_at": attempt.next_attempt_at,
+    }
+
+
+async def list_deliveries(
+    session: AsyncSession,
+    endpoint_id: str,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    status: str | None = None,
+    event_type: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[WebhookDelivery], str | None]:
+    await webhooks.get(session, endpoint_id)
+    limit = max(1, min(limit, MAX_LIMIT))
+    order = Sort(D.created_at, descending=True)
+    stmt = select(D).where(D.endpoint_id == endpoint_id)
+    if status is not None:
+        stmt = stmt.where(D.status == status)
+    if event_type is not None:
+        stmt = stmt.where(D.event_type == event_type)
+    if since is not None:
+        stmt = stmt.where(D.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(D.created_at < until)
+    rows = list((await session.execute(page(stmt, order, D.id, limit=limit, cursor=cursor))).scalars())
+    return split(rows, order, limit=limit)
+
+
+async def get_delivery(session: AsyncSession, endpoint_id: str, delivery_id: str) -> WebhookDelivery:
+    stmt = select(D).where(D.id == delivery_id, D.endpoint_id == endpoint_id)
+    delivery = (await session.execute(stmt)).scalar_one_or_none()
+    if delivery is None:
+        raise NotFound("No such delivery for this webhook endpoint")
+    return delivery
+
+
+async def list_attempts(
+    session: AsyncSession, endpoint_id: str, delivery_id: str, *, limit: int = 50, cursor: str | None = None
+) -> tuple[list[WebhookAttempt], str | None]:
+    await get_delivery(session, endpoint_id, delivery_id)
+    limit = max(1, min(limit, MAX_LIMIT))
+    order = Sort(WebhookAttempt.number, descending=False)
+    stmt = select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery_id)
+    rows = list((await session.execute(page(stmt, order, WebhookAttempt.id, limit=limit, cursor=cursor))).scalars())
+    return split(rows, order, limit=limit)
+
+
+def _requeue_values(now: datetime) -> dict[str, Any]:
+    return {
+        "status": PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_until": None,
+        "lease_owner": None,
+        "completed_at": None,
+        "updated_at": now,
+    }
+
+
+async def _enabled_endpoint(session: AsyncSession, endpoint_id: str) -> WebhookEndpoint:
+    endpoint = await webhooks.get(session, endpoint_id)
+    if not endpoint.enabled:
+        raise Conflict("The webhook endpoint is disabled; enable it before replaying deliveries")
+    return endpoint
+
+
+async def replay_one(m: Mutation, endpoint_id: str, delivery_id: str) -> WebhookDelivery:
+    """Send a finished delivery again: a new round of attempts, the same `webhook-id`."""
+    await _enabled_endpoint(m.session, endpoint_id)
+    delivery = await get_delivery(m.session, endpoint_id, delivery_id)
+    if delivery.status == PENDING:
+        raise Conflict("The delivery is still pending; it will be attempted again on its own")
+    before = {"status": delivery.status}
+    for key, value in _requeue_values(m.now).items():
+        setattr(delivery, key, value)
+    m.record(
+        "webhook_delivery.replayed", resource_type=RESOURCE, resource_id=delivery.id,
+        before=before, after={"status": PENDING}, payload={"delivery": view(delivery)},
+    )  # fmt: skip
+    await m.session.flush()
+    return delivery
+
+
+async def check_replayable(session: AsyncSession, endpoint_id: str) -> None:
+    await _enabled_endpoint(session, endpoint_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPage:
+    read: int
+    requeued: int
+    # Where the next page starts (None: the window is done).
+    checkpoint: str | None
+
+
+async def replay_failed_page(
+    session: AsyncSession,
+    endpoint_id: str,
+    *,
+    since: datetime,
+    until: datetime,
+    after: str | None,
+    limit: int = 500,
+) -> ReplayPage:
+    """Requeue the next page of failed deliveries created in [since, until), in creation
+    order, in the caller's (tenant's write) transaction."""
+    stmt = select(D.id, D.created_at).where(
+        D.endpoint_id == endpoint_id, D.status == FAILED, D.created_at >= since, D.created_at < until
+    )
+    if after is not None:
+        created_at, last_id = decode_cursor(after, datetime)
+        stmt = stmt.where(or_(D.created_at > created_at, and_(D.created_at == created_at, D.id > last_id)))
+    rows = list(await session.execute(stmt.order_by(D.created_at, D.id).limit(limit)))
+    if not rows:
+        return ReplayPage(0, 0, None)
+    result = await session.execute(
+        update(D)
+        .where(D.id.in_([row.id for row in rows]), D.status == FAILED)
+        .values(**_requeue_values(utcnow()))
+        .execution_options(synchronize_session=False)
+    )
+    requeued = result.rowcount  # type: ignore[attr-defined]
+    last = rows[-1]
+    checkpoint = encode_cursor(last.created_at, last.id) if len(rows) == limit else None
+    return ReplayPage(len(rows), requeued, checkpoint)

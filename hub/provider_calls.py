@@ -1,0 +1,206 @@
+"""Running a mutating route that calls a provider (check, execute an action, refresh a token).
+
+`hub.writes.perform` runs its action inside the write transaction; a provider call must
+not be: it may take seconds, and on SQLite (one writer) the token write-back it triggers
+would wait for the transaction holding the writer. So here:
+
+1. with an `Idempotency-Key`, the key is claimed in a short transaction of its own (a
+   duplicate, even a concurrent one, never calls the provider a second time);
+2. the provider is called outside any transaction;
+3. one transaction records what happened (audit and outbox events, health) and stores
+   the response under the key; a failure answer releases the key so a retry runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import delete
+
+from connectors.host import classify
+from connectors.sdk import AuthError, ProviderError, ProviderUnavailable, RateLimited
+from core import idempotency
+from core.changes import ChangeContext, Mutation, mutation
+from core.connections import Outcome as CallOutcome
+from core.errors import HubError, IdempotencyInProgress, UpstreamAuthFailed, UpstreamError, UpstreamUnavailable
+from core.identity import Principal
+from core.jsonable import dumps
+from core.models import IdempotencyRecord
+from hub.state import HubState
+
+log = logging.getLogger("hub.integrations")
+T = TypeVar("T")
+_RETRY_PAUSE_SECONDS = 0.02
+
+
+@dataclass
+class Answer:
+    status_code: int
+    body: BaseModel | dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
+
+
+@dataclass
+class CallResult(Generic[T]):
+    """What a provider call returned or raised, and how long it took."""
+
+    value: T | None = None
+    error: BaseException | None = None
+    duration_ms: float = 0.0
+
+    @property
+    def outcome(self) -> CallOutcome:
+        return CallOutcome.SUCCEEDED if self.error is None else CallOutcome(classify(self.error))
+
+
+async def timed_call(call: Callable[[], Awaitable[T]], *, timeout: float) -> CallResult[T]:
+    """Run `call` with a timeout; provider failures are captured, not raised."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            value = await call()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - classified and answered by the caller
+        if not isinstance(exc, (ProviderError, TimeoutError, HubError)):
+            log.exception("connector call failed unexpectedly")
+        return CallResult(error=exc, duration_ms=round((time.perf_counter() - started) * 1000, 2))
+    return CallResult(value=value, duration_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def error_summary(exc: BaseException) -> dict[str, Any]:
+    """A failure as events and responses show it: type, provider code and status, and a
+    message free of credentials (the SDK's messages never carry them)."""
+    if isinstance(exc, ProviderError):
+        return {"type": type(exc).__name__, "code": exc.code, "status": exc.status, "message": exc.message}
+    if isinstance(exc, TimeoutError):
+        return {"type": "Timeout", "code": None, "status": None, "message": "the provider call timed out"}
+    if isinstance(exc, HubError):
+        return {"type": type(exc).__name__, "code": exc.code, "status": exc.status, "message": exc.detail}
+    return {"type": type(exc).__name__, "code": None, "status": None, "message": "the connector failed unexpectedly"}
+
+
+def upstream_problem(exc: BaseException) -> HubError:
+    """The problem a route answers for a failed provider call."""
+    if isinstance(exc, HubError):
+        return exc
+    summary = error_summary(exc)
+    message = summary["message"]
+    retry_after = getattr(exc, "retry_after", None)
+    seconds = max(1, math.ceil(retry_after)) if isinstance(retry_after, (int, float)) else None
+    if isinstance(exc, AuthError):
+        return UpstreamAuthFailed(f"The provider rejected the connection's credentials; reconnect it ({message})")
+    if isinstance(exc, (ProviderUnavailable, RateLimited)):
+        return UpstreamUnavailable(f"The provider is unavailable: {message}", retry_after=seconds)
+    if isinstance(exc, TimeoutError):
+        return UpstreamUnavailable("The provider did not answer in time")
+    if isinstance(exc, ProviderError):
+        return UpstreamError(f"The provider refused the call: {message}")
+    return UpstreamError("The connector failed unexpectedly")
+
+
+def _render(body: BaseModel | dict[str, Any] | None) -> bytes:
+    if body is None:
+        return b""
+    if isinstance(body, BaseModel):
+        return body.model_dump_json().encode()
+    return dumps(body)
+
+
+def _response(status: int, body: bytes, headers: dict[str, str] | None, *, replayed: bool = False) -> Response:
+    out = dict(headers or {})
+    if replayed:
+        out["Idempotent-Replayed"] = "true"
+    return Response(body, status_code=status, media_type="application/json" if body else None, headers=out)
+
+
+async def _release(state: HubState, principal: Principal, key: str) -> None:
+    async with state.db.write(principal.tenant_id) as session:
+        await session.execute(
+            delete(IdempotencyRecord).where(
+                IdempotencyRecord.actor == principal.actor_key,
+                IdempotencyRecord.key == key,
+                IdempotencyRecord.status_code == 0,
+            )
+        )
+
+
+async def _claim_or_replay(
+    request: Request, state: HubState, principal: Principal, key: str
+) -> Response | None:
+    """None once this request holds `key`; else the stored response of the request that did."""
+    idempotency.check_key(key)
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    fingerprint = idempotency.fingerprint(request.method, path, await request.body())
+    ttl = timedelta(hours=state.settings.idempotency_ttl_hours)
+    deadline = time.monotonic() + state.settings.idempotency_wait_seconds
+    while True:
+        async with state.db.read(principal.tenant_id) as session:
+            stored = await idempotency.find(session, principal.actor_key, key, fingerprint)
+        if stored is not None:
+            state.metrics.idempotent_replays.inc()
+            return _response(stored.status_code, stored.body, stored.headers, replayed=True)
+        async with state.db.write(principal.tenant_id) as session:
+            claimed = await idempotency.claim(
+                session,
+                tenant_id=principal.tenant_id,
+                actor=principal.actor_key,
+                key=key,
+                request_fingerprint=fingerprint,
+                ttl=ttl,
+            )
+        if claimed:
+            return None
+        if time.monotonic() > deadline:
+            raise IdempotencyInProgress("A request with this Idempotency-Key is still being processed; retry later")
+        await asyncio.sleep(_RETRY_PAUSE_SECONDS)
+
+
+async def perform_call(
+    request: Request,
+    state: HubState,
+    principal: Principal,
+    *,
+    call: Callable[[], Awaitable[T]],
+    finish: Callable[[Mutation, T], Awaitable[Answer | HubError]],
+) -> Response:
+    """Claim the idempotency key, `call` the provider outside any transaction, then
+    `finish` in one transaction: it records the events and returns the answer, or the
+    problem to raise once the record is committed."""
+    key = request.headers.get("idempotency-key")
+    context = ChangeContext(principal, getattr(request.state, "request_id", None), key)
+    if key is not None:
+        replay = await _claim_or_replay(request, state, principal, key)
+        if replay is not None:
+            return replay
+    try:
+        value = await call()
+        async with mutation(state.db, context) as m:
+            answer = await finish(m, value)
+            body = b""
+            if key is not None and isinstance(answer, Answer):
+                body = _render(answer.body)
+                stored = idempotency.StoredResponse(
+                    answer.status_code, "application/json" if body else None, body, answer.headers or {}
+                )
+                await idempotency.complete(m.session, actor=principal.actor_key, key=key, response=stored)
+    except BaseException:
+        if key is not None:
+            await _release(state, principal, key)
+        raise
+    state.metrics.audit_events.inc(m.trail.written)
+    if isinstance(answer, HubError):
+        if key is not None:
+            await _release(state, principal, key)
+        raise answer
+    return _response(answer.status_code, body or _render(answer.body), answer.headers)

@@ -1,0 +1,302 @@
+"""The worker itself: arq jobs (JSON arguments, deterministic ids, retries, timeouts,
+metrics), heartbeats and readiness, metrics exposure, runs, and surviving Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from arq.jobs import SerializationError
+from aiohttp import web
+from redis.asyncio import Redis
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+
+from core import jobs, runs
+from core.deliveries import RetryPolicy
+from core.embedded_redis import EmbeddedRedis
+from core.jobs import Keys
+from core.models import Run
+from hub.app import create_app
+from hub.outbox_nudge import OutboxNudge
+from tests.worker.conftest import FAST, Receiver, wait_for
+from tests.worker.test_delivery import answer, make_deal, make_endpoint, settled
+from worker import jobs as worker_jobs
+from worker.delivery import classify, retry_after_seconds
+from worker.metrics import WorkerMetrics
+from worker.runtime import WorkerRuntime
+from worker.settings import WorkerSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def test_how_responses_are_classified():
+    assert classify(200).outcome == "success" and classify(204).outcome == "success"
+    assert classify(410).gone and classify(410).outcome == "http_error"
+    for status in (429, 502, 503, 504):
+        assert classify(status).honour_retry_after, status
+    for status in (301, 302, 400, 401, 404, 500):
+        verdict = classify(status)
+        assert verdict.outcome == "http_error" and not verdict.gone and not verdict.honour_retry_after
+    assert retry_after_seconds("120") == 120
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480 - 60) == 60
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+def test_the_default_schedule_is_ten_attempts_over_about_a_day(settings):
+    policy = RetryPolicy(tuple(type(settings)().webhook_retry_schedule), jitter=0.2)
+    assert policy.max_attempts == 10
+    total = sum(policy.schedule)
+    assert 20 * 3600 <= total <= 28 * 3600
+    # Jitter moves each delay by at most 20%; the last attempt has no successor.
+    delays = [policy.delay(n) for n in range(1, 10)]
+    assert all(0.8 * base <= d <= 1.2 * base for d, base in zip(delays, policy.schedule, strict=True))  # type: ignore[operator]
+    assert policy.delay(10) is None
+    assert policy.delay(1, retry_after=3600) == 3600  # Retry-After wins when later
+    assert RetryPolicy((5.0,), jitter=0, retry_after_max=60).delay(1, retry_after=10**6) == 60
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+async def test_jobs_are_json_and_deterministic(app, settings):
+    redis = app.state.hub.redis
+    keys = Keys(settings.worker_namespace + ":json")
+    run_id = f"json-{datetime.now().timestamp()}"
+    assert await jobs.enqueue(redis, keys, "replay_deliveries", "tenant-1", run_id, job_id=runs.job_id(run_id))
+    # The same work enqueued again is a no-op while it is queued.
+    assert not await jobs.enqueue(redis, keys, "replay_deliveries", "tenant-1", run_id, job_id=runs.job_id(run_id))
+    raw = await redis.get(f"arq:job:{runs.job_id(run_id)}")
+    assert orjson.loads(raw)["a"] == ["tenant-1", run_id]  # JSON, not pickle
+    with pytest.raises(SerializationError):  # only JSON values travel as arguments
+        await jobs.enqueue(redis, keys, "replay_deliveries", object(), job_id="never")
+    assert orjson.loads(jobs.serialize({"r": ValueError("boom")}))["r"] == "ValueError: boom"
+    await redis.delete(keys.queue, f"arq:job:{runs.job_id(run_id)}")
+
+
+async def test_a_job_retries_with_backoff_times_out_and_is_counted(app, settings):
+    """A burst worker (arq's test mode) running instrumented jobs."""
+    fast = settings.model_copy(
+        update={"worker_job_retry_seconds": 0.05, "worker_job_timeout_seconds": 0.3, "worker_poll_seconds": 0.02}
+    )
+    keys = Keys(settings.worker_namespace + ":burst")
+    tries: list[int] = []
+
+    async def flaky(runtime: Any, x: int) -> int:
+        tries.append(x)
+        if len(tries) == 1:
+            raise OperationalError("SELECT 1", {}, Exception("database away"))
+        return x * 2
+
+    async def stuck(runtime: Any) -> None:
+        await asyncio.sleep(5)
+
+    metrics = WorkerMetrics()
+    runtime = SimpleNamespace(metrics=metrics)
+    functions = [worker_jobs.instrumented("flaky", flaky, fast), worker_jobs.instrumented("stuck", stuck, fast)]
+    redis = app.state.hub.redis
+    assert await jobs.enqueue(redis, keys, "flaky", 21, job_id="flaky-" + keys.namespace)
+    assert await jobs.enqueue(redis, keys, "stuck", job_id="stuck-" + keys.namespace)
+    worker = WorkerSettings.from_hub(fast.model_copy(update={"worker_namespace": keys.namespace}), burst=True).build(
+        redis=jobs.arq_redis(redis.connection_pool, keys), functions=functions, cron_jobs=[], ctx={"runtime": runtime}
+    )
+    await asyncio.wait_for(worker.async_run(), 10)
+    assert tries == [21, 21]
+    text = metrics.render().decode()
+    assert 'hub_worker_jobs_total{job="flaky",outcome="retried"} 1.0' in text
+    assert 'hub_worker_jobs_total{job="flaky",outcome="succeeded"} 1.0' in text
+    assert 'hub_worker_jobs_total{job="stuck",outcome="timed_out"} 1.0' in text
+    assert 'hub_worker_job_duration_seconds_count{job="flaky"} 2.0' in text
+
+
+async def test_a_running_replay_stops_at_its_next_page_when_cancelled(
+    client, app, tenant, receiver, start_worker, monkeypatch
+):
+    receiver.behaviour = answer(500)
+    runtime = await start_worker(webhook_retry_schedule=[])
+    endpoint_id, _ = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
+    for i in range(5):
+        await make_deal(client, app, tenant, f"d{i}")
+    await settled(client, tenant, endpoint_id, 5)
+    await runtime.stop()  # the jobs are run by hand below
+
+    async def replay() -> str:
+        r = await client.post(
+            f"/api/v1/webhook-endpoints/{endpoint_id}/replay", json={"since": "2026-01-01T00:00:00Z"}, headers=tenant.headers()
+        )
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
+
+    fake = SimpleNamespace(db=app.state.hub.db, wake=lambda: None)
+    monkeypatch.setattr(worker_jobs, "REPLAY_PAGE", 2)
+    original = worker_jobs.deliveries.replay_failed_page
+
+    async def page_then_cancel(session: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await original(session, *args, **kwargs)
+        # An admin's cancel, committed while this page was worked.
+        await session.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
+        return result
+
+    run_id = await replay()
+    monkeypatch.setattr(worker_jobs.deliveries, "replay_failed_page", page_then_cancel)
+    outcome = await worker_jobs.replay_deliveries(fake, tenant.id, run_id)  # type: ignore[arg-type]
+    assert outcome == {"cancelled": True, "requeued": 2}
+    run = (await client.get(f"/api/v1/runs/{run_id}", headers=tenant.headers())).json()
+    assert run["status"] == "cancelled" and run["progress"]["records_written"] == 2 and run["progress"]["pages"] == 1
+    # Worked again (arq re-runs a job after a crash), a finished run is left alone.
+    assert await worker_jobs.replay_deliveries(fake, tenant.id, run_id) == {"skipped": True}  # type: ignore[arg-type]
+    monkeypatch.setattr(worker_jobs.deliveries, "replay_failed_page", original)
+
+    # Cancelling a running run through the API asks it to stop; the job then does.
+    run_id = await replay()
+    assert await runs.start(app.state.hub.db, tenant.id, run_id) is not None
+    r = await client.post(f"/api/v1/runs/{run_id}/cancel", headers=tenant.headers())
+    assert r.json()["status"] == "running" and r.json()["cancel_requested"] is True
+    assert await worker_jobs.replay_deliveries(fake, tenant.id, run_id) == {"skipped": True}  # type: ignore[arg-type]
+    assert (await client.get(f"/api/v1/runs/{run_id}", headers=tenant.headers())).json()["status"] == "cancelled"
+
+
+# --------------------------------------------------------------------------- heartbeat, readiness, metrics
+
+
+async def test_the_heartbeat_shows_in_readiness(client, app, settings, start_worker):
+    ready = (await client.get("/health/ready")).json()
+    assert ready["components"]["worker"]["status"] == "down" and ready["components"]["worker"]["required"] is False
+    assert ready["status"] == "degraded"
+    runtime = await start_worker()
+    await wait_for(lambda: jobs.live_workers(app.state.hub.redis, Keys(settings.worker_namespace)))
+    ready = (await client.get("/health/ready")).json()
+    assert ready["components"]["worker"]["status"] == "up" and ready["status"] == "ok"
+    info = orjson.loads(await app.state.hub.redis.get(Keys(settings.worker_namespace).worker(runtime.worker_id)))
+    assert info["queue"] == Keys(settings.worker_namespace).queue and "webhook_backlog" in info
+    await runtime.stop()
+    assert (await client.get("/health/ready")).json()["components"]["worker"]["status"] == "down"
+
+
+async def test_a_separate_worker_serves_its_metrics(app, settings):
+    port = free_port()
+    worker_settings = settings.model_copy(update={**FAST, "worker_metrics_port": port})
+    runtime = WorkerRuntime(worker_settings, redis_url=settings.redis_url or "", db=app.state.hub.db, vault=app.state.hub.vault, serve_metrics_port=True)
+    await runtime.start()
+    try:
+        async with httpx.AsyncClient() as http:
+            r = await http.get(f"http://127.0.0.1:{port}/metrics")
+        assert r.status_code == 200
+        assert "hub_worker_heartbeat_timestamp_seconds" in r.text and "hub_webhook_attempts_total" in r.text
+    finally:
+        await runtime.stop()
+
+
+async def test_serve_runs_the_worker_in_process_on_the_embedded_default(settings, make_tenant, receiver):
+    """`hub serve` without REDIS_URL: the worker runs in the app, is nudged directly,
+    and its metrics and heartbeat show in the app's /metrics and /health/ready."""
+    ns = settings.worker_namespace + ":inproc"
+    app = create_app(settings.model_copy(update={**FAST, "worker_in_process": True, "worker_namespace": ns}))
+    tenant = await make_tenant()
+    async with app.router.lifespan_context(app):
+        assert app.state.hub.worker is not None
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub.test") as c:
+            endpoint_id, _ = await make_endpoint(c, tenant, receiver.url, ["deal.*"])
+            r = await c.post("/api/v1/deals", json={"name": "In process"}, headers=tenant.headers())
+            assert r.status_code == 201
+            await wait_for(lambda: receiver.requests)
+            await wait_for(lambda: jobs.live_workers(app.state.hub.redis, Keys(ns)))
+            metrics = (await c.get("/metrics")).text
+            assert 'hub_webhook_attempts_total{outcome="success"}' in metrics
+            assert "hub_webhook_first_attempt_lag_seconds_bucket" in metrics
+            assert "hub_outbox_events_relayed_total" in metrics
+            assert (await c.get("/health/ready")).json()["components"]["worker"]["status"] == "up"
+            assert endpoint_id
+
+
+async def test_nudges_coalesce_and_wake_a_local_worker(app, settings):
+    redis: Redis = app.state.hub.redis
+    keys = Keys(settings.worker_namespace + ":nudge")
+    woken: list[int] = []
+    nudge = OutboxNudge(redis, keys, local=lambda: woken.append(1))
+    for _ in range(50):
+        nudge()
+    await nudge.close()
+    assert len(woken) == 50
+    assert 1 <= await redis.llen(keys.outbox_nudge) <= 2  # one in flight, one after it
+    await redis.delete(keys.outbox_nudge)
+    # Redis away: a nudge is dropped quietly (the sweep finds the rows).
+    broken = OutboxNudge(Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.05), keys)
+    broken()
+    await broken.close()
+    assert broken.failures == 1
+
+
+# --------------------------------------------------------------------------- Redis goes away
+
+
+async def test_the_embedded_redis_stopped_and_restarted_loses_no_event(
+    client, app, settings, tenant, receiver, tmp_path, monkeypatch
+):
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    worker_settings = settings.model_copy(update={**FAST, "worker_namespace": settings.worker_namespace + ":restart"})
+    runtime = WorkerRuntime(worker_settings, redis_url=url, db=app.state.hub.db, vault=app.state.hub.vault)
+    await runtime.start()
+    try:
+        endpoint_id, secret = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
+        before = [await make_deal(client, app, tenant, f"before {i}") for i in range(5)]
+        await settled(client, tenant, endpoint_id, 5)
+
+        server.stop()
+        during = [await make_deal(client, app, tenant, f"during {i}") for i in range(5)]
+        await settled(client, tenant, endpoint_id, 10)  # delivery needs the database, not Redis
+
+        server = EmbeddedRedis(tmp_path / "redis", port=server.port)
+        server.start()
+        after = [await make_deal(client, app, tenant, f"after {i}") for i in range(5)]
+        await settled(client, tenant, endpoint_id, 15)
+        await wait_for(lambda: jobs.live_workers(Redis.from_url(url), runtime.keys), timeout=15)
+
+        ids = {orjson.loads(r.body)["resource_id"] for r in receiver.requests}
+        assert set(before + during + after) <= ids
+        # Jobs come back too: a run queued while Redis was away is picked up by the sweep.
+        monkeypatch.setattr(worker_jobs, "UNATTENDED_QUEUED_SECONDS", 0.0)
+        r = await client.post(
+            f"/api/v1/webhook-endpoints/{endpoint_id}/replay", json={"since": "2026-01-01T00:00:00Z"}, headers=tenant.headers()
+        )
+        run_id = r.json()["id"]  # enqueued on the API's Redis, which this worker does not read
+        await worker_jobs.requeue_unattended_runs(runtime)
+
+        async def finished() -> bool:
+            got = await client.get(f"/api/v1/runs/{run_id}", headers=tenant.headers())
+            return got.json()["status"] == "succeeded"
+
+        await wait_for(finished)
+    finally:
+        await runtime.stop()
+        server.stop()
+
+
+async def test_a_webhook_timestamp_is_the_attempts_own(client, app, tenant, receiver, start_worker):
+    """Retries carry the time of their own attempt, so a strict verifier accepts late retries."""
+    receiver.behaviour = answer(503, 200)
+    await start_worker(webhook_retry_schedule=[1.1])
+    endpoint_id, secret = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
+    await make_deal(client, app, tenant)
+    await settled(client, tenant, endpoint_id)
+    first, second = receiver.requests
+    assert int(second.headers["webhook-timestamp"]) > int(first.headers["webhook-timestamp"])
+    assert datetime.fromtimestamp(int(second.headers["webhook-timestamp"]), timezone.utc) > datetime.now(timezone.utc) - timedelta(seconds=5)
+
+
+__all__ = ["Receiver", "web"]

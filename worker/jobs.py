@@ -1,0 +1,160 @@
+"""The worker's arq jobs.
+
+Every job takes JSON arguments, is idempotent, has a timeout and is retried with
+exponential backoff on transient failures (database or Redis away); its duration and
+outcome are counted in the worker's metrics. A job that works a run (`run:<id>`) only
+works a queued or running run, and carries on from the run's checkpoint, so running it
+twice, or again after a crash, does no work twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from arq.worker import Function, Retry, func
+from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from core import deliveries, jobs, runs, webhooks
+from core.models import utcnow
+from core.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.runtime import WorkerRuntime
+
+log = logging.getLogger("worker.jobs")
+# Failures worth another try: the database or Redis is (briefly) unreachable.
+TRANSIENT: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, RedisError, ConnectionError)
+REPLAY_PAGE = 500
+
+JobBody = Callable[..., Awaitable[Any]]
+
+
+async def _fail_run(runtime: WorkerRuntime, args: tuple[Any, ...], code: str, message: str) -> None:
+    tenant_id, run_id = args[0], args[1]
+    try:
+        await runs.finish(runtime.db, tenant_id, run_id, runs.FAILED, {"code": code, "message": message})
+    except Exception:  # noqa: BLE001 - the unattended-runs sweep tries the run again later
+        log.exception("could not mark the run failed", extra={"run_id": run_id})
+
+
+def instrumented(name: str, body: JobBody, settings: Settings, *, works_a_run: bool = False) -> Function:
+    """`body(runtime, *args)` as an arq function with a timeout, retries and metrics."""
+    timeout = settings.worker_job_timeout_seconds
+    max_tries = settings.worker_job_max_tries
+
+    async def job(ctx: dict[str, Any], *args: Any) -> Any:
+        runtime: WorkerRuntime = ctx["runtime"]
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            async with asyncio.timeout(timeout):
+                result = await body(runtime, *args)
+            outcome = "succeeded"
+            return result
+        except TimeoutError:
+            outcome = "timed_out"
+            if works_a_run:
+                await _fail_run(runtime, args, "TIMED_OUT", f"The run did not finish within {timeout:g} s")
+            raise
+        except TRANSIENT as exc:
+            tries = int(ctx.get("job_try", 1))
+            if tries < max_tries:
+                outcome = "retried"
+                raise Retry(defer=settings.worker_job_retry_seconds * 2 ** (tries - 1)) from exc
+            if works_a_run:
+                await _fail_run(runtime, args, "UPSTREAM_UNAVAILABLE", f"Gave up after {tries} tries: {type(exc).__name__}")
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # shutting down: arq runs the job again, and it resumes
+            raise
+        except Exception as exc:
+            if works_a_run:
+                await _fail_run(runtime, args, "JOB_FAILED", type(exc).__name__)
+            raise
+        finally:
+            runtime.metrics.jobs.labels(name, outcome).inc()
+            runtime.metrics.job_duration.labels(name).observe(time.perf_counter() - started)
+
+    job.__qualname__ = job.__name__ = name
+    # arq's own timeout is the backstop; ours fires first, so the run is marked failed.
+    return func(job, name=name, timeout=timeout + 5, max_tries=max_tries, keep_result=0)
+
+
+# --- the jobs
+
+
+async def replay_deliveries(runtime: WorkerRuntime, tenant_id: str, run_id: str) -> dict[str, Any]:
+    """Requeue an endpoint's failed deliveries in a time window, page by page (a run)."""
+    started = await runs.start(runtime.db, tenant_id, run_id)
+    if started is None:
+        return {"skipped": True}
+    run = started.run
+    endpoint_id = run.params["endpoint_id"]
+    since = datetime.fromisoformat(run.params["since"])
+    until = datetime.fromisoformat(run.params["until"])
+    after = (run.checkpoint or {}).get("after")
+    requeued = 0
+    while True:
+        async with runtime.db.write(tenant_id) as session:
+            page = await deliveries.replay_failed_page(
+                session, endpoint_id, since=since, until=until, after=after, limit=REPLAY_PAGE
+            )
+            cancel = await runs.record_progress(
+                session, run_id, read=page.read, written=page.requeued, pages=1 if page.read else 0,
+                checkpoint={"after": page.checkpoint},
+            )  # fmt: skip
+        requeued += page.requeued
+        if page.requeued:
+            runtime.wake()
+        if page.checkpoint is None:
+            break
+        if cancel:
+            await runs.finish(runtime.db, tenant_id, run_id, runs.CANCELLED)
+            return {"cancelled": True, "requeued": requeued}
+        after = page.checkpoint
+    await runs.finish(runtime.db, tenant_id, run_id, runs.SUCCEEDED)
+    return {"requeued": requeued}
+
+
+async def disable_failing_endpoints(runtime: WorkerRuntime) -> int:
+    """Disable endpoints failing for longer than allowed (those with no recent attempt too)."""
+    older_than = utcnow() - timedelta(seconds=runtime.settings.webhook_disable_after_seconds)
+    disabled = 0
+    for tenant_id, endpoint_id in await webhooks.failing_too_long(runtime.db, older_than=older_than):
+        if await webhooks.disable_by_system(
+            runtime.db, tenant_id, endpoint_id, reason=webhooks.FAILING, detail="Every attempt failed for longer than allowed"
+        ):
+            runtime.metrics.endpoints_disabled.labels(webhooks.FAILING).inc()
+            disabled += 1
+    return disabled
+
+
+# A run not started this long after it was queued has probably lost its job (Redis was away).
+UNATTENDED_QUEUED_SECONDS = 30.0
+
+
+async def requeue_unattended_runs(runtime: WorkerRuntime) -> int:
+    """Enqueue again the jobs of runs that look abandoned; a no-op for those still queued."""
+    now = utcnow()
+    stale_running = runtime.settings.worker_job_timeout_seconds + 60
+    found = await runs.unattended(
+        runtime.db,
+        queued_before=now - timedelta(seconds=UNATTENDED_QUEUED_SECONDS),
+        running_before=now - timedelta(seconds=stale_running),
+    )
+    enqueued = 0
+    for tenant_id, run_id, kind in found:
+        if await jobs.enqueue(runtime.redis, runtime.keys, runs.JOBS[kind], tenant_id, run_id, job_id=runs.job_id(run_id)):
+            enqueued += 1
+    return enqueued
+
+
+def functions(settings: Settings) -> list[Function]:
+    """The jobs this worker runs, by the names API processes enqueue them under."""
+    return [instrumented(runs.JOBS[runs.WEBHOOK_REPLAY], replay_deliveries, settings, works_a_run=True)]
