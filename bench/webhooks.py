@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -87,8 +87,15 @@ def deal_payload(i: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the bare loop
 
 
-async def bare_loop(url: str, secret: str, bodies: list[bytes], concurrency: int) -> float:
-    """POSTs/s of a loop that signs and posts each body, `concurrency` at a time."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bare_loop(url: str, secret: str, bodies: list[bytes], concurrency: int) -> tuple[float, float]:
+    """POSTs/s of a loop that signs and posts each body, `concurrency` at a time, and its
+    CPU time per POST."""
     work = iter(enumerate(bodies))
 
     async def client(session: aiohttp.ClientSession) -> None:
@@ -106,9 +113,10 @@ async def bare_loop(url: str, secret: str, bodies: list[bytes], concurrency: int
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
-        return len(bodies) / (time.perf_counter() - started)
+        rate = len(bodies) / (time.perf_counter() - started)
+        return rate, (time.process_time() - cpu) / len(bodies)
 
 
 # --------------------------------------------------------------------------- the hub
@@ -129,7 +137,7 @@ async def prepare(db_url: str, vault: Vault, receiver: str) -> tuple[str, str]:
 
 async def write_events(db: Database, tenant_id: str, start: int, count: int) -> list[str]:
     """`count` outbox events in one transaction (as one batch upsert would write them)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     async with db.write(tenant_id) as session:
         outbox = Outbox(session, tenant_id)
         ids = [
@@ -154,7 +162,9 @@ async def wait_unique(http: aiohttp.ClientSession, receiver: str, count: int, ti
         await asyncio.sleep(0.05)
 
 
-async def throughput(db_url: str, redis_url: str, tenant_id: str, receiver: str, events: int, keys: jobs.Keys) -> float:
+async def throughput(
+    db_url: str, redis_url: str, tenant_id: str, receiver: str, events: int, keys: jobs.Keys, worker_pid: int
+) -> tuple[float, float]:
     db = Database(db_url, pool_size=2)
     from redis.asyncio import Redis
 
@@ -163,11 +173,12 @@ async def throughput(db_url: str, redis_url: str, tenant_id: str, receiver: str,
         async with aiohttp.ClientSession() as http:
             await http.delete(f"{receiver}/stats")
             await write_events(db, tenant_id, 0, events)
-            committed = time.time()
+            committed, cpu = time.time(), cpu_seconds(worker_pid)
             await jobs.nudge_outbox(redis, keys)
             await wait_unique(http, receiver, events, timeout=300)
+            used = cpu_seconds(worker_pid) - cpu
             last = max((await stats(http, receiver, times=True))["first_seen"].values())
-        return events / (last - committed)
+        return events / (last - committed), used / events
     finally:
         await redis.aclose()
         await db.dispose()
@@ -206,7 +217,10 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
-def run_hub(label: str, db_url: str, redis_url: str, receiver: str, args: argparse.Namespace, keyring: str, best_bare: float) -> None:
+def run_hub(
+    label: str, db_url: str, redis_url: str, receiver: str, args: argparse.Namespace, keyring: str, best_bare: float,
+    bare_cpu: float,
+) -> None:
     vault = Vault(parse_keyring(keyring))
     tenant_id, _ = asyncio.run(prepare(db_url, vault, receiver))
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
@@ -233,7 +247,7 @@ def run_hub(label: str, db_url: str, redis_url: str, receiver: str, args: argpar
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1.0)
-        rate = asyncio.run(throughput(db_url, redis_url, tenant_id, receiver, args.events, keys))
+        rate, cpu = asyncio.run(throughput(db_url, redis_url, tenant_id, receiver, args.events, keys, worker.pid))
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             profiler.wait(timeout=60)
@@ -250,6 +264,10 @@ def run_hub(label: str, db_url: str, redis_url: str, receiver: str, args: argpar
     print(f"hub worker [{label}]{'':<{max(0, 21 - len(label))}} {rate:>7.0f} deliveries/s   "
           f"({args.events} events, outbox -> relay -> signed POST -> attempt log; 1 worker process)")  # fmt: skip
     print(f"{'':<34} ratio to the fastest bare loop: {rate / best_bare:.0%} (bar: >= 50%)")
+    print(
+        f"{'':<34} worker CPU per delivery {cpu * 1e6:.0f} us (all threads; the bare loop's per POST: "
+        f"{bare_cpu * 1e6:.0f} us, so {bare_cpu / cpu:.0%} of its efficiency when CPU-bound)"
+    )
     print(
         f"{'':<34} commit -> first attempt at {args.rate:.0f} events/s: p50 {pct(lags, 0.5):.1f} ms, "
         f"p99 {pct(lags, 0.99):.1f} ms, max {lags[-1] * 1000:.1f} ms ({len(lags)} events; bar: p99 <= 250 ms)"
@@ -281,9 +299,9 @@ def main() -> None:
             for i in range(args.events)
         ]  # fmt: skip
         bare = {c: asyncio.run(bare_loop(f"{receiver}/bare", secret, bodies, c)) for c in (8, 16, 32)}
-        for c, rate in bare.items():
-            print(f"bare aiohttp loop, {c:>2} connections      {rate:>7.0f} POSTs/s (sign + POST, no database)")
-        best = max(bare.values())
+        for c, (rate, cpu) in bare.items():
+            print(f"bare aiohttp loop, {c:>2} connections      {rate:>7.0f} POSTs/s (sign + POST, no database; {cpu * 1e6:.0f} us CPU per POST)")
+        best, best_cpu = max(bare.values())
 
         if port_open(6379):
             redis_url = "redis://127.0.0.1:6379/0"
@@ -293,7 +311,7 @@ def main() -> None:
             redis_url = embedded.start()
 
         with TemporaryDirectory() as data:
-            run_hub("SQLite", f"sqlite+aiosqlite:///{data}/hub.db", redis_url, receiver, args, keyring, best)
+            run_hub("SQLite", f"sqlite+aiosqlite:///{data}/hub.db", redis_url, receiver, args, keyring, best, best_cpu)
 
         if not args.no_postgres and port_open(5432):
             import asyncpg
@@ -309,7 +327,10 @@ def main() -> None:
 
             asyncio.run(admin(f'CREATE DATABASE "{name}"'))
             try:
-                run_hub("PostgreSQL", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", redis_url, receiver, args, keyring, best)
+                run_hub(
+                    "PostgreSQL", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", redis_url, receiver, args,
+                    keyring, best, best_cpu,
+                )
             finally:
                 asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:

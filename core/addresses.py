@@ -107,7 +107,7 @@ async def resolve(host: str, port: int, *, allow_private: bool, timeout: float =
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
-        except (OSError, asyncio.TimeoutError, UnicodeError):
+        except (TimeoutError, OSError, UnicodeError):
             raise UrlRefused(f"{host} does not resolve") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if not addresses:

@@ -12,23 +12,44 @@ and receivers dedupe by `webhook-id` (the event id, the same on every attempt).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, and_, bindparam, cast, column, insert, null, or_, select, table, update
+from sqlalchemy import (
+    Text,
+    and_,
+    bindparam,
+    cast,
+    column,
+    insert,
+    literal_column,
+    null,
+    or_,
+    select,
+    table,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import webhooks
 from core.changes import Mutation
 from core.db import Database
 from core.errors import Conflict, NotFound
-from core.jsonable import dumps, iso
-from core.models import OutboxEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint, new_id, utcnow
+from core.jsonable import dumps
+from core.models import (
+    OutboxEvent,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    utcnow,
+)
 from core.pagination import MAX_LIMIT, Sort, decode_cursor, encode_cursor, page, split
 from core.vault import Vault, VaultError
 
@@ -155,8 +176,8 @@ def _sqlite_stamp(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.utcoffset():
-        value = value.astimezone(timezone.utc)
-    return f"{value:%Y-%m-%d %H:%M:%S.%f}"
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 def _same(value: datetime | None) -> datetime | None:
@@ -168,6 +189,25 @@ def stamper(db: Database) -> Stamp:
     return _sqlite_stamp if db.is_sqlite else _same
 
 
+def new_ids(count: int) -> list[str]:
+    """`count` random (version 4) UUIDs, from one read of the OS's random source."""
+    raw = bytearray(os.urandom(16 * count))
+    ids = []
+    for i in range(0, 16 * count, 16):
+        raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40
+        raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80
+        h = raw[i : i + 16].hex()
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
+
+
+def _iso(value: datetime) -> str:
+    """`core.jsonable.iso` without strftime (slower; this runs once per delivery)."""
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
 def envelope_body(event: Any) -> bytes:
     """The delivered body: the event envelope (`core.outbox.envelope`), with the payload
     as the database holds its JSON (a row of `EVENT_COLUMNS`)."""
@@ -175,7 +215,7 @@ def envelope_body(event: Any) -> bytes:
         {
             "event_id": event.id,
             "event_type": event.event_type,
-            "occurred_at": iso(event.occurred_at),
+            "occurred_at": _iso(event.occurred_at),
             "tenant_id": event.tenant_id,
             "resource_type": event.resource_type,
             "resource_id": event.resource_id,
@@ -219,8 +259,13 @@ def target_of(vault: Vault, endpoint: WebhookEndpoint, now: datetime) -> Target:
     return Target(endpoint.id, endpoint.tenant_id, endpoint.url, enabled, secrets)
 
 
+# Written out, not bound: the planner uses the partial index only when the query says its
+# condition literally.
+_IS_PENDING = D.status == literal_column(f"'{PENDING}'")
+
+
 def _due_now(now: datetime) -> Any:
-    return and_(D.status == PENDING, D.next_attempt_at <= now, or_(D.lease_until.is_(None), D.lease_until < now))
+    return and_(_IS_PENDING, D.next_attempt_at <= now, or_(D.lease_until.is_(None), D.lease_until < now))
 
 
 async def claim_due(
@@ -257,14 +302,15 @@ async def claim_due(
             .execution_options(cross_tenant=True)
         )
         events = {e.id: e for e in await session.execute(events_stmt)}
-    return [
-        Due(
-            row.id, row.tenant_id, row.endpoint_id, row.event_id, row.event_type, row.attempts, row.total_attempts,
-            envelope_body(events[row.event_id]), events[row.event_id].created_at,
-        )  # fmt: skip
-        for row in claimed
-        if row.event_id in events
-    ]
+    due = []
+    for row in claimed:
+        event = events.get(row.event_id)
+        if event is not None:
+            body = envelope_body(event)
+            due.append(
+                Due(row.id, row.tenant_id, row.endpoint_id, row.event_id, row.event_type, row.attempts, row.total_attempts, body, event.created_at)
+            )
+    return due
 
 
 class DriverStatement:
@@ -312,6 +358,18 @@ def _insert_deliveries(dialect: str) -> Any:
     )
 
 
+RAW_ENDPOINTS = table("webhook_endpoints", column("id"), column("failing_since"), column("version"))
+# The first failure after a success starts an endpoint's failing period; a success ends it.
+MARK_FAILING = DriverStatement(
+    lambda dialect: update(RAW_ENDPOINTS)
+    .where(RAW_ENDPOINTS.c.id == bindparam("b_id"), RAW_ENDPOINTS.c.failing_since.is_(None))
+    .values(failing_since=bindparam("b_now"), version=literal_column("version + 1"))
+)
+MARK_RECOVERED = DriverStatement(
+    lambda dialect: update(RAW_ENDPOINTS)
+    .where(RAW_ENDPOINTS.c.id == bindparam("b_id"), RAW_ENDPOINTS.c.failing_since.is_not(None))
+    .values(failing_since=null(), version=literal_column("version + 1"))
+)
 INSERT_DELIVERIES = DriverStatement(_insert_deliveries)
 INSERT_ATTEMPTS = DriverStatement(lambda dialect: insert(RAW_ATTEMPTS).values(_binds(ATTEMPT_COLUMNS)))
 FINISH_DELIVERIES = DriverStatement(
@@ -349,7 +407,8 @@ async def record(
     # The last outcome per endpoint decides whether it is failing.
     endpoint_ok: dict[str, bool] = {}
     tenants: dict[str, str] = {}
-    for r in results:
+    ids = new_ids(len(results))
+    for r, attempt_id in zip(results, ids, strict=True):
         due = r.due
         made = due.attempts + 1
         if r.outcome == SUCCESS:
@@ -372,7 +431,7 @@ async def record(
             out.disable.append((due.tenant_id, due.endpoint_id, webhooks.GONE, "The endpoint answered 410 Gone"))
         attempts.append(
             {
-                "id": new_id(),
+                "id": attempt_id,
                 "tenant_id": due.tenant_id,
                 "delivery_id": due.id,
                 "endpoint_id": due.endpoint_id,
@@ -400,19 +459,14 @@ async def record(
                 "b_completed": None if status == PENDING else now_stamp,
             }
         )
-    async with db.write(None) as session:
-        # A delivery deleted meanwhile (its endpoint was) has nothing left to log against.
-        ids = [c["b_id"] for c in changes]
-        alive_stmt = select(D.id).where(D.id.in_(ids)).execution_options(cross_tenant=True)
-        alive = set((await session.execute(alive_stmt)).scalars())
-        if len(alive) < len(ids):
-            attempts = [a for a in attempts if a["delivery_id"] in alive]
-            changes = [c for c in changes if c["b_id"] in alive]
-        await INSERT_ATTEMPTS.executemany(session, attempts)
-        await FINISH_DELIVERIES.executemany(session, changes)
-        await _track_failing(session, endpoint_ok, now)
-        failing = [e for e, ok in endpoint_ok.items() if not ok]
-        if failing:
+    try:
+        await _write(db, attempts, changes, endpoint_ok, now_stamp, alive_only=False)
+    except IntegrityError:
+        # A delivery was deleted meanwhile (with its endpoint): log only those still there.
+        await _write(db, attempts, changes, endpoint_ok, now_stamp, alive_only=True)
+    failing = [e for e, ok in endpoint_ok.items() if not ok]
+    if failing:
+        async with db.read(None) as session:
             too_long = select(WebhookEndpoint.id).where(
                 WebhookEndpoint.id.in_(failing),
                 WebhookEndpoint.enabled.is_(True),
@@ -425,24 +479,26 @@ async def record(
     return out
 
 
-async def _track_failing(session: AsyncSession, endpoint_ok: dict[str, bool], now: datetime) -> None:
-    E = WebhookEndpoint
-    failed = [e for e, ok in endpoint_ok.items() if not ok]
-    recovered = [e for e, ok in endpoint_ok.items() if ok]
-    if failed:
-        await session.execute(
-            update(E)
-            .where(E.id.in_(failed), E.failing_since.is_(None))
-            .values(failing_since=now, version=E.version + 1)
-            .execution_options(cross_tenant=True, synchronize_session=False)
-        )
-    if recovered:
-        await session.execute(
-            update(E)
-            .where(E.id.in_(recovered), E.failing_since.is_not(None))
-            .values(failing_since=None, version=E.version + 1)
-            .execution_options(cross_tenant=True, synchronize_session=False)
-        )
+async def _write(
+    db: Database,
+    attempts: list[dict[str, Any]],
+    changes: list[dict[str, Any]],
+    endpoint_ok: dict[str, bool],
+    now: Any,
+    *,
+    alive_only: bool,
+) -> None:
+    async with db.write(None) as session:
+        if alive_only:
+            ids = [c["b_id"] for c in changes]
+            alive_stmt = select(D.id).where(D.id.in_(ids)).execution_options(cross_tenant=True)
+            alive = set((await session.execute(alive_stmt)).scalars())
+            attempts = [a for a in attempts if a["delivery_id"] in alive]
+            changes = [c for c in changes if c["b_id"] in alive]
+        await INSERT_ATTEMPTS.executemany(session, attempts)
+        await FINISH_DELIVERIES.executemany(session, changes)
+        await MARK_FAILING.executemany(session, [{"b_id": e, "b_now": now} for e, ok in endpoint_ok.items() if not ok])
+        await MARK_RECOVERED.executemany(session, [{"b_id": e} for e, ok in endpoint_ok.items() if ok])
 
 
 # --- what callers see

@@ -54,7 +54,7 @@ def serialize(data: dict[str, Any]) -> bytes:
 def deserialize(raw: bytes) -> dict[str, Any]:
     value = orjson.loads(raw)
     if not isinstance(value, dict):
-        raise ValueError("a job must be a JSON object")
+        raise TypeError("a job must be a JSON object")
     return value
 
 

@@ -20,8 +20,18 @@ from sqlalchemy import select, update
 
 from core import webhooks
 from core.db import Database
-from core.deliveries import EVENT_COLUMNS, INSERT_DELIVERIES, PENDING, Due, Target, envelope_body, stamper, target_of
-from core.models import OutboxEvent, WebhookEndpoint, new_id, utcnow
+from core.deliveries import (
+    EVENT_COLUMNS,
+    INSERT_DELIVERIES,
+    PENDING,
+    Due,
+    Target,
+    envelope_body,
+    new_ids,
+    stamper,
+    target_of,
+)
+from core.models import OutboxEvent, WebhookEndpoint, utcnow
 from core.vault import Vault
 
 
@@ -79,33 +89,33 @@ async def relay_batch(
         by_tenant: dict[str, list[WebhookEndpoint]] = defaultdict(list)
         for endpoint in (await session.execute(endpoints_stmt)).scalars():
             by_tenant[endpoint.tenant_id].append(endpoint)
+        pairs = [(e, endpoint) for e in events for endpoint in _subscribers(e, by_tenant.get(e.tenant_id, []))]
         rows: list[dict[str, Any]] = []
         bodies: dict[str, tuple[bytes, Any]] = {}
         used: dict[str, WebhookEndpoint] = {}
-        for event in events:
-            for endpoint in _subscribers(event, by_tenant.get(event.tenant_id, [])):
-                leased = accept(endpoint.id)
-                rows.append(
-                    {
-                        "id": new_id(),
-                        "tenant_id": event.tenant_id,
-                        "endpoint_id": endpoint.id,
-                        "event_id": event.id,
-                        "event_type": event.event_type,
-                        "status": PENDING,
-                        "attempts": 0,
-                        "total_attempts": 0,
-                        "next_attempt_at": now_stamp,
-                        "lease_until": lease_stamp if leased else None,
-                        "lease_owner": owner if leased else None,
-                        "created_at": now_stamp,
-                        "updated_at": now_stamp,
-                    }
-                )
-                if leased:
-                    if event.id not in bodies:
-                        bodies[event.id] = (envelope_body(event), event)
-                    used[endpoint.id] = endpoint
+        for (event, endpoint), delivery_id in zip(pairs, new_ids(len(pairs)), strict=True):
+            leased = accept(endpoint.id)
+            rows.append(
+                {
+                    "id": delivery_id,
+                    "tenant_id": event.tenant_id,
+                    "endpoint_id": endpoint.id,
+                    "event_id": event.id,
+                    "event_type": event.event_type,
+                    "status": PENDING,
+                    "attempts": 0,
+                    "total_attempts": 0,
+                    "next_attempt_at": now_stamp,
+                    "lease_until": lease_stamp if leased else None,
+                    "lease_owner": owner if leased else None,
+                    "created_at": now_stamp,
+                    "updated_at": now_stamp,
+                }
+            )
+            if leased:
+                if event.id not in bodies:
+                    bodies[event.id] = (envelope_body(event), event)
+                used[endpoint.id] = endpoint
         await INSERT_DELIVERIES.executemany(session, rows)
         await session.execute(
             update(OutboxEvent)

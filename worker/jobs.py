@@ -111,7 +111,7 @@ async def replay_deliveries(runtime: WorkerRuntime, tenant_id: str, run_id: str)
             )  # fmt: skip
         requeued += page.requeued
         if page.requeued:
-            runtime.wake()
+            runtime.wake(claim=True)
         if page.checkpoint is None:
             break
         if cancel:

@@ -26,6 +26,9 @@ from worker.metrics import WorkerMetrics
 log = logging.getLogger("worker.relay")
 # How long one BLPOP waits before asking again (and noticing a dead connection).
 LISTEN_SECONDS = 5.0
+# Nudges come with every API commit; due deliveries are looked for at most this often
+# on their account (each look is a query).
+CLAIM_MIN_SECONDS = 0.1
 
 
 class OutboxRelay:
@@ -51,10 +54,19 @@ class OutboxRelay:
         self._lease = settings.webhook_lease_seconds
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
+        # Due deliveries are looked for at once when one is known to be due (a retry, room
+        # freed for an endpoint), else at most every CLAIM_MIN_SECONDS.
+        self._claim = True
+        self._claimed_at = 0.0
 
-    def wake(self) -> None:
-        """Look now (an in-process nudge)."""
+    def wake(self, *, claim: bool = False) -> None:
+        """Look now (an in-process nudge); with `claim`, for due deliveries too."""
+        self._claim = self._claim or claim
         self._wake.set()
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.wake(claim=True)
 
     def wake_at(self, when: datetime) -> None:
         """Look at `when` (a retry coming due) if that is sooner than the next sweep."""
@@ -66,14 +78,14 @@ class OutboxRelay:
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = loop.call_later(delay, self._wake.set)
+        self._timer = loop.call_later(delay, self._fire)
 
     async def run(self) -> None:
         self._wake.set()  # a first pass at once: work may have waited for this worker
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self._sweep)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             await self.pass_once()
@@ -92,6 +104,10 @@ class OutboxRelay:
                     dispatcher.submit(batch.leased, batch.targets)
                 if batch.events < self._batch:
                     break
+            now = asyncio.get_running_loop().time()
+            if not self._claim and now - self._claimed_at < min(self._sweep, CLAIM_MIN_SECONDS):
+                return
+            self._claim, self._claimed_at = False, now
             room = min(dispatcher.capacity(), self._batch)
             if room > 0:
                 due = await deliveries.claim_due(
@@ -99,7 +115,7 @@ class OutboxRelay:
                 )
                 dispatcher.submit(due)
                 if len(due) == room:
-                    self._wake.set()  # there may be more
+                    self.wake(claim=True)  # there may be more
         except Exception:  # noqa: BLE001 - the database may be briefly away; the next pass tries again
             self._metrics.relay_errors.inc()
             log.exception("relay pass failed")

@@ -79,10 +79,11 @@ class WorkerRuntime:
         assert self._pool is not None
         return Redis(connection_pool=self._pool)
 
-    def wake(self) -> None:
-        """Have the relay look at the outbox now (an in-process nudge)."""
+    def wake(self, *, claim: bool = False) -> None:
+        """Have the relay look at the outbox now (an in-process nudge); with `claim`, at
+        due deliveries too."""
         if self.relay is not None:
-            self.relay.wake()
+            self.relay.wake(claim=claim)
 
     async def start(self) -> None:
         settings = self.settings
@@ -94,7 +95,7 @@ class WorkerRuntime:
         self.dispatcher = Dispatcher(
             db=self.db, vault=self.vault, settings=settings, metrics=self.metrics, owner=self.worker_id,
             wake_at=lambda when: self.relay.wake_at(when) if self.relay is not None else None,
-            on_room=self.wake,
+            on_room=lambda: self.relay.wake(claim=True) if self.relay is not None else None,
         )  # fmt: skip
         await self.dispatcher.start()
         self.relay = OutboxRelay(
@@ -175,8 +176,8 @@ class WorkerRuntime:
         if self._pool is not None:
             try:
                 await asyncio.wait_for(jobs.forget(self.redis, self.keys, self.worker_id), 2.0)
-            except Exception:  # noqa: BLE001 - the heartbeat expires on its own
-                pass
+            except Exception as exc:  # noqa: BLE001 - the heartbeat expires on its own
+                log.debug("heartbeat not removed: %s", type(exc).__name__)
             await self._pool.disconnect()
             self._pool = None
         if self._metrics_runner is not None:

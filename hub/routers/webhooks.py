@@ -8,6 +8,7 @@ HUB_WEBHOOKS_ALLOW_PRIVATE is set.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -28,6 +29,7 @@ from hub.routers.runs import RunOut, run_out
 from hub.state import HubState
 from hub.writes import IdempotencyKey, Outcome, perform
 
+log = logging.getLogger("hub.webhooks")
 router = APIRouter(prefix="/api/v1/webhook-endpoints", tags=["webhooks"])
 Admin = Annotated[Principal, Depends(require(Permission.WEBHOOKS_MANAGE))]
 _ID_EXAMPLE = "8d7c2f3e-1b4a-4c6d-9e8f-0a1b2c3d4e5f"
@@ -489,5 +491,5 @@ async def _enqueue_run(state: HubState, tenant_id: str, run_id: str) -> None:
             state.redis, jobs.Keys(state.settings.worker_namespace), runs.JOBS[runs.WEBHOOK_REPLAY],
             tenant_id, run_id, job_id=runs.job_id(run_id),
         )  # fmt: skip
-    except Exception:  # noqa: BLE001 - the run is in the database; it is not lost
-        pass
+    except Exception as exc:  # noqa: BLE001 - the run is in the database; it is not lost
+        log.warning("replay run not enqueued (the worker's sweep will): %s", type(exc).__name__)

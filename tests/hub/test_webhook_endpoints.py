@@ -192,9 +192,11 @@ async def test_a_queued_run_can_be_cancelled_once(client, tenant):
 async def strict_client(settings) -> AsyncIterator[httpx.AsyncClient]:
     """An app with the production default: private addresses refused."""
     app = create_app(settings.model_copy(update={"webhooks_allow_private": False}))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub.test") as c:
-            yield c
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub.test") as c,
+    ):
+        yield c
 
 
 @pytest.mark.parametrize(

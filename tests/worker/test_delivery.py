@@ -19,7 +19,7 @@ from core.models import OutboxEvent
 from core.roles import Role
 from hub.outbox_nudge import notify_outbox
 from tests.conftest import TenantHandle, deal_body
-from tests.worker.conftest import Receiver, wait_for
+from tests.worker.conftest import wait_for
 
 
 async def make_endpoint(client: Any, tenant: TenantHandle, url: str, event_types: list[str] | None = None) -> tuple[str, str]:

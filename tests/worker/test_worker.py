@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import orjson
 import pytest
-from arq.jobs import SerializationError
 from aiohttp import web
+from arq.jobs import SerializationError
 from redis.asyncio import Redis
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
@@ -141,7 +142,7 @@ async def test_a_running_replay_stops_at_its_next_page_when_cancelled(
         assert r.status_code == 202, r.text
         return str(r.json()["id"])
 
-    fake = SimpleNamespace(db=app.state.hub.db, wake=lambda: None)
+    fake = SimpleNamespace(db=app.state.hub.db, wake=lambda claim=False: None)
     monkeypatch.setattr(worker_jobs, "REPLAY_PAGE", 2)
     original = worker_jobs.deliveries.replay_failed_page
 
@@ -253,7 +254,7 @@ async def test_the_embedded_redis_stopped_and_restarted_loses_no_event(
     runtime = WorkerRuntime(worker_settings, redis_url=url, db=app.state.hub.db, vault=app.state.hub.vault)
     await runtime.start()
     try:
-        endpoint_id, secret = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
+        endpoint_id, _ = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
         before = [await make_deal(client, app, tenant, f"before {i}") for i in range(5)]
         await settled(client, tenant, endpoint_id, 5)
 
@@ -291,12 +292,33 @@ async def test_a_webhook_timestamp_is_the_attempts_own(client, app, tenant, rece
     """Retries carry the time of their own attempt, so a strict verifier accepts late retries."""
     receiver.behaviour = answer(503, 200)
     await start_worker(webhook_retry_schedule=[1.1])
-    endpoint_id, secret = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
+    endpoint_id, _ = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
     await make_deal(client, app, tenant)
     await settled(client, tenant, endpoint_id)
     first, second = receiver.requests
     assert int(second.headers["webhook-timestamp"]) > int(first.headers["webhook-timestamp"])
-    assert datetime.fromtimestamp(int(second.headers["webhook-timestamp"]), timezone.utc) > datetime.now(timezone.utc) - timedelta(seconds=5)
+    assert datetime.fromtimestamp(int(second.headers["webhook-timestamp"]), UTC) > datetime.now(UTC) - timedelta(seconds=5)
 
 
 __all__ = ["Receiver", "web"]
+
+
+async def test_results_for_deliveries_deleted_meanwhile_are_dropped(app, client, tenant, receiver, start_worker):
+    """An endpoint deleted while its requests are in flight: the other results are kept."""
+    from core.deliveries import AttemptResult, Due, RetryPolicy, record
+    from core.models import utcnow
+
+    await start_worker()
+    endpoint_id, _ = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
+    await make_deal(client, app, tenant)
+    (delivery,) = await settled(client, tenant, endpoint_id)
+    now = utcnow()
+    ghost = Due(str(uuid4()), tenant.id, endpoint_id, str(uuid4()), "deal.created", 0, 0, b"{}", now)
+    real = Due(delivery["id"], tenant.id, endpoint_id, delivery["event_id"], "deal.created", 1, 1, b"{}", now)
+    results = [AttemptResult(ghost, now, 1.0, "success", 200), AttemptResult(real, now, 1.0, "success", 200)]
+    recorded = await record(app.state.hub.db, results, policy=RetryPolicy((1.0,)), disable_after_seconds=60)
+    assert recorded.succeeded == 2
+    attempts = (await client.get(
+        f"/api/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery['id']}/attempts", headers=tenant.headers()
+    )).json()["items"]
+    assert [a["number"] for a in attempts] == [1, 2]

@@ -71,7 +71,7 @@ async def test_a_worker_killed_mid_delivery_and_restarted_delivers_every_event(
         return web.Response(text="ok")
 
     receiver.behaviour = slowish
-    endpoint_id, secret = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
+    _, secret = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
     items = [{"system": "crm", "external_id": f"k{i}", "deal": deal_body(f"deal {i}")} for i in range(EVENTS)]
     r = await client.post("/api/v1/deals/batch-upsert", json={"items": items}, headers=tenant.headers())
     assert r.status_code == 200 and r.json()["created"] == EVENTS
@@ -84,7 +84,7 @@ async def test_a_worker_killed_mid_delivery_and_restarted_delivers_every_event(
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         killed = True
-    killed_at = len(set(receiver.ids()))
+    killed_at = len(receiver.requests)
     assert killed_at < EVENTS, "the worker finished before it was killed"
 
     with hub_worker(env):
@@ -94,5 +94,6 @@ async def test_a_worker_killed_mid_delivery_and_restarted_delivers_every_event(
     assert len(set(ids)) == EVENTS
     for got in receiver.requests:
         verify_webhook(secret, got.headers, got.body)
-    # At least once: whatever was in flight at the kill may have come twice, no more.
-    assert len(ids) - EVENTS <= 8 * 2 + 32, (len(ids), killed_at)
+    # At least once: only what the first worker had sent (its results perhaps not yet
+    # written) or had in flight at the kill may come twice.
+    assert len(ids) - EVENTS <= killed_at + 16, (len(ids), killed_at)
