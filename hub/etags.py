@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from core.errors import PreconditionFailed
 
@@ -28,6 +30,22 @@ def not_modified(request: Request, current: str) -> Response | None:
     if "*" in tags or current in tags:
         return Response(status_code=304, headers={"ETag": current})
     return None
+
+
+def conditional_get(request: Request, tag: str, body: BaseModel) -> Response:
+    """`body` with its ETag, or a 304 when If-None-Match already names it."""
+    unchanged = not_modified(request, tag)
+    if unchanged is not None:
+        return unchanged
+    return Response(body.model_dump_json(), media_type="application/json", headers={"ETag": tag})
+
+
+def conditional_get_docs(what: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries of a GET answered by `conditional_get`."""
+    return {
+        200: {"description": f"The {what}, with a strong ETag", "headers": {"ETag": {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified (If-None-Match matched)"},
+    }
 
 
 def if_match(request: Request) -> list[str] | None:

@@ -347,10 +347,7 @@ async def list_connections(
     return ConnectionPage(items=items, next_cursor=next_cursor)
 
 
-_CONDITIONAL_GET: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The connection, with a strong ETag", "headers": {"ETag": {"schema": {"type": "string"}}}},
-    304: {"description": "Not modified (If-None-Match matched)"},
-}
+_CONDITIONAL_GET = etags.conditional_get_docs("connection")
 
 
 @router.get(
@@ -364,13 +361,7 @@ async def get_connection(request: Request, state: State, principal: Admin, conne
         connection = await connections.get(session, connection_id)
         row = await credentials.find(session, connection_id)
     breaker = await _breaker_state(state, principal.tenant_id, connection_id)
-    tag = _etag(connection, breaker, row)
-    unchanged = etags.not_modified(request, tag)
-    if unchanged is not None:
-        return unchanged
-    return Response(
-        _view(state, connection, row, breaker).model_dump_json(), media_type="application/json", headers={"ETag": tag}
-    )
+    return etags.conditional_get(request, _etag(connection, breaker, row), _view(state, connection, row, breaker))
 
 
 def _precondition(tags: list[str] | None, breaker: str, row: ConnectionCredential | None) -> connections.Precondition:

@@ -111,17 +111,10 @@ async def create_deal(
 
 
 def _conditional_get(request: Request, deal: Deal) -> Response:
-    tag = etags.etag(deal.id, deal.version)
-    unchanged = etags.not_modified(request, tag)
-    if unchanged is not None:
-        return unchanged
-    return Response(deals.view(deal).model_dump_json(), media_type="application/json", headers={"ETag": tag})
+    return etags.conditional_get(request, etags.etag(deal.id, deal.version), deals.view(deal))
 
 
-_CONDITIONAL_GET = {
-    200: {"description": "The deal, with a strong ETag", "headers": {"ETag": {"schema": {"type": "string"}}}},
-    304: {"description": "Not modified (If-None-Match matched)"},
-}
+_CONDITIONAL_GET = etags.conditional_get_docs("deal")
 _IF_MATCH_DOC = "Strong ETag from a GET; the change is refused with 412 if the deal changed since."
 
 

@@ -99,10 +99,7 @@ async def get_run(request: Request, state: State, principal: Reader, run_id: Run
     async with state.db.read(principal.tenant_id) as session:
         run = await runs.get(session, run_id)
     tag = etags.etag(run.id, run.version)
-    unchanged = etags.not_modified(request, tag)
-    if unchanged is not None:
-        return unchanged
-    return Response(run_out(run).model_dump_json(), media_type="application/json", headers={"ETag": tag})
+    return etags.conditional_get(request, tag, run_out(run))
 
 
 @router.post(

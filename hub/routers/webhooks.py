@@ -178,11 +178,7 @@ def endpoint_out(endpoint: WebhookEndpoint) -> EndpointOut:
 
 
 def _conditional(request: Request, endpoint: WebhookEndpoint) -> Response:
-    tag = etags.etag(endpoint.id, endpoint.version)
-    unchanged = etags.not_modified(request, tag)
-    if unchanged is not None:
-        return unchanged
-    return Response(endpoint_out(endpoint).model_dump_json(), media_type="application/json", headers={"ETag": tag})
+    return etags.conditional_get(request, etags.etag(endpoint.id, endpoint.version), endpoint_out(endpoint))
 
 
 async def _performed(request: Request, state: HubState, principal: Principal, action: Any) -> Response:
@@ -243,10 +239,7 @@ async def list_endpoints(
         return EndpointPage(items=[endpoint_out(e) for e in rows], next_cursor=next_cursor)
 
 
-_CONDITIONAL_GET = {
-    200: {"description": "The endpoint, with a strong ETag", "headers": {"ETag": {"schema": {"type": "string"}}}},
-    304: {"description": "Not modified (If-None-Match matched)"},
-}
+_CONDITIONAL_GET = etags.conditional_get_docs("endpoint")
 
 
 @router.get(
