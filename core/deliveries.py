@@ -391,6 +391,19 @@ FINISH_DELIVERIES = DriverStatement(
 )
 
 
+async def release(db: Database, owner: str) -> int:
+    """Give up `owner`'s leases on deliveries it has not attempted (a worker stopping), so
+    that another worker takes them now rather than when the leases lapse."""
+    async with db.write(None) as session:
+        result = await session.execute(
+            update(D)
+            .where(_IS_PENDING, D.lease_owner == owner)
+            .values(lease_until=None, lease_owner=None)
+            .execution_options(cross_tenant=True, synchronize_session=False)
+        )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 async def record(
     db: Database, results: Sequence[AttemptResult], *, policy: RetryPolicy, disable_after_seconds: float
 ) -> Recorded:

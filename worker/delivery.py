@@ -243,6 +243,10 @@ class Dispatcher:
             except (TimeoutError, Exception):  # noqa: BLE001 - shutting down; leases lapse and retries follow
                 log.warning("webhook results not written at shutdown; those deliveries will be attempted again")
             await cancel_all([self._flusher])
+        try:
+            await asyncio.wait_for(deliveries.release(self._db, self.owner), grace_seconds)
+        except Exception:  # noqa: BLE001 - the leases lapse on their own
+            log.warning("could not release leased webhook deliveries at shutdown; they wait for their leases")
         if self._session is not None:
             await self._session.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -322,3 +323,35 @@ async def test_results_for_deliveries_deleted_meanwhile_are_dropped(app, client,
         f"/api/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery['id']}/attempts", headers=tenant.headers()
     )).json()["items"]
     assert [a["number"] for a in attempts] == [1, 2]
+
+
+async def test_a_worker_stopping_hands_back_what_it_has_not_sent(app, client, tenant, receiver, start_worker):
+    """A clean stop releases the leases of queued deliveries: the next worker sends them at
+    once instead of after the lease (30 s here)."""
+    from sqlalchemy import func, select
+
+    from core.models import WebhookDelivery
+
+    async def slow(request: web.Request, n: int) -> web.Response:
+        await asyncio.sleep(0.1)
+        return web.Response(text="ok")
+
+    receiver.behaviour = slow
+    first = await start_worker(webhook_endpoint_concurrency=1, webhook_lease_seconds=30.0)
+    endpoint_id, _ = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
+    for i in range(8):
+        await make_deal(client, app, tenant, f"d{i}")
+    await wait_for(lambda: len(receiver.requests) >= 1)
+    await first.stop()
+    async with app.state.hub.db.read(tenant.id) as session:
+        held = (
+            await session.execute(
+                select(func.count()).select_from(WebhookDelivery).where(WebhookDelivery.lease_owner.is_not(None))
+            )
+        ).scalar_one()
+    assert held == 0
+    began = time.monotonic()
+    await start_worker(webhook_endpoint_concurrency=4)
+    await settled(client, tenant, endpoint_id, 8)
+    assert time.monotonic() - began < 5
+    assert len(set(receiver.ids())) == 8
