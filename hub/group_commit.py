@@ -25,7 +25,6 @@ from core.changes import ChangeContext, mutation
 from core.schemas import DealFields
 from hub import etags
 from hub.state import HubState
-from hub.writes import committed
 
 log = logging.getLogger("hub.group_commit")
 MAX_BATCH = 256
@@ -143,7 +142,7 @@ class UpsertCommitter:
                     if i.context.idempotency_key is not None
                 ],
             )  # fmt: skip
-        committed(state, m)
+        state.metrics.audit_events.inc(m.trail.written)
         for item, (status, body, headers) in zip(todo, rendered, strict=True):
             if not item.future.done():
                 item.future.set_result(Response(body, status_code=status, media_type="application/json", headers=headers))

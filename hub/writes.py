@@ -20,7 +20,6 @@ from core.changes import ChangeContext, Mutation, mutation
 from core.errors import IdempotencyInProgress
 from core.identity import Principal
 from core.jsonable import dumps
-from hub.outbox_nudge import notify_outbox
 from hub.state import HubState
 
 IdempotencyKey = Annotated[
@@ -67,13 +66,6 @@ def _replay(stored: idempotency.StoredResponse) -> Response:
     return _response(stored.status_code, stored.body, stored.headers, replayed=True)
 
 
-def committed(state: HubState, m: Mutation) -> None:
-    """After a write transaction committed: count its audit events, wake the outbox relay."""
-    state.metrics.audit_events.inc(m.trail.written)
-    if m.events.written:
-        notify_outbox(state)
-
-
 def stored_response(outcome: Outcome, body: bytes) -> idempotency.StoredResponse:
     """What the idempotency store keeps of an outcome (never a secret it marks as such)."""
     kept = body if outcome.stored_body is None else _render(outcome.stored_body)
@@ -117,7 +109,7 @@ async def perform(request: Request, state: HubState, principal: Principal, actio
     if key is None:
         async with mutation(state.db, context) as m:
             outcome = await action(m)
-        committed(state, m)
+        state.metrics.audit_events.inc(m.trail.written)
         return _response(outcome.status_code, _render(outcome.body), outcome.headers)
 
     idempotency.check_key(key)
@@ -132,7 +124,7 @@ async def perform(request: Request, state: HubState, principal: Principal, actio
             outcome = await action(m)
             body = _render(outcome.body)
             await idempotency.complete_many(m.session, [(principal.actor_key, key, stored_response(outcome, body))])
-        committed(state, m)
+        state.metrics.audit_events.inc(m.trail.written)
         return _response(outcome.status_code, body, outcome.headers)
 
     return await idempotent(state, principal, key, fingerprint, attempt)
