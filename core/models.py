@@ -258,9 +258,28 @@ class Connection(TenantOwned, Base):
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Consecutive failures since the last success.
     error_count: Mapped[int] = mapped_column(Integer, default=0)
+    # When to sync on its own: {"interval_seconds": n} or {"cron": "m h dom mon dow"} (UTC);
+    # `next_sync_at` is the next tick the worker's scheduler acts on.
+    sync_schedule: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    next_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SyncCursor(TenantOwned, Base):
+    """Where the next sync of one stream of a connection starts: the cursor of the last
+    page stored, written in the transaction that stored that page."""
+
+    __tablename__ = "sync_cursors"
+    __table_args__ = (UniqueConstraint("connection_id", "stream"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    connection_id: Mapped[str] = mapped_column(String(36), ForeignKey("connections.id", ondelete="CASCADE"))
+    stream: Mapped[str] = mapped_column(String(100))
+    cursor: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -310,7 +329,7 @@ class OAuthState(TenantOwned, Base):
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-__all__ += ["Connection", "ConnectionCredential", "OAuthState"]
+__all__ += ["Connection", "ConnectionCredential", "OAuthState", "SyncCursor"]
 
 
 # --- Webhooks and runs
@@ -412,6 +431,9 @@ class WebhookAttempt(TenantOwned, Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+ACTIVE_SYNC = "kind = 'sync' AND status IN ('queued', 'running')"
+
+
 class Run(TenantOwned, Base):
     """A piece of background work a caller can poll: a replay, a sync, a long action."""
 
@@ -419,6 +441,14 @@ class Run(TenantOwned, Base):
     __table_args__ = (
         Index("ix_runs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_runs_status_created", "status", "created_at"),
+        # One sync of a connection at a time, whoever starts it.
+        Index(
+            "uq_runs_active_sync",
+            "connection_id",
+            unique=True,
+            sqlite_where=text(ACTIVE_SYNC),
+            postgresql_where=text(ACTIVE_SYNC),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -434,7 +464,12 @@ class Run(TenantOwned, Base):
     records_read: Mapped[int] = mapped_column(Integer, default=0)
     records_written: Mapped[int] = mapped_column(Integer, default=0)
     pages: Mapped[int] = mapped_column(Integer, default=0)
+    # Records read but not stored because they did not fit the domain (a sync).
+    records_skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Why it failed; or, while a paused run waits to resume, why it paused.
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # A paused run (rate limited, provider away) is queued again and resumes at this time.
+    resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     tries: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int] = mapped_column(Integer, default=1)
