@@ -330,3 +330,40 @@ class ConnectorHost:
             raise AuthError("token refresh returned no access token")
         await store.save_token(connection_id, merged)
         return merged
+
+
+def pooled_client() -> httpx.AsyncClient:
+    """The one pooled HTTP client of a process, for every provider call it makes."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, connect=10.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    )
+
+
+class _OAuthRegistration(Protocol):
+    client_id: str
+    client_secret: SecretStr | None
+
+
+class HostSettings(Protocol):
+    """What a host takes from the hub's settings (``core.settings.Settings`` by shape)."""
+
+    oauth_clients: Mapping[str, _OAuthRegistration]
+    connector_retry_attempts: int
+    breaker_fail_max: int
+    breaker_reset_seconds: float
+
+
+def connector_host_for(settings: HostSettings, client: httpx.AsyncClient, breaker_storage: BreakerStorage) -> ConnectorHost:
+    """The host of a hub process (the API or a worker) as its settings describe it."""
+    return ConnectorHost(
+        client=client,
+        breaker_storage=breaker_storage,
+        oauth_clients={
+            key: OAuthClient(c.client_id, c.client_secret.get_secret_value() if c.client_secret else None)
+            for key, c in settings.oauth_clients.items()
+        },
+        retry=RetryPolicy(max_attempts=settings.connector_retry_attempts),
+        breaker_fail_max=settings.breaker_fail_max,
+        breaker_reset_timeout=settings.breaker_reset_seconds,
+    )

@@ -9,20 +9,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.db import DriverStatement, raw_table
 from core.identity import Principal
-from core.ids import new_id
 from core.jsonable import dumps, iso, normalise
-from core.models import AuditEvent, AuditHead
+from core.models import AuditEvent, AuditHead, new_id
 
 GENESIS_HASH = "0" * 64
 _VERIFY_CHUNK = 1000
-_INSERT_EVENTS = DriverStatement(
-    insert(raw_table(AuditEvent)).values({c.name: bindparam(c.name) for c in AuditEvent.__table__.columns})
-)
 
 
 def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
@@ -34,8 +29,7 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[st
     return {"before": {k: before.get(k) for k in keys}, "after": {k: after.get(k) for k in keys}}
 
 
-def event_hash(prev_hash: str, row: dict[str, Any], *, occurred_at: str | None = None) -> str:
-    """The event's hash; `occurred_at`, when given, is `iso(row["occurred_at"])` already."""
+def event_hash(prev_hash: str, row: dict[str, Any]) -> str:
     material = {
         "id": row["id"],
         "tenant_id": row["tenant_id"],
@@ -49,7 +43,7 @@ def event_hash(prev_hash: str, row: dict[str, Any], *, occurred_at: str | None =
         "changes": row["changes"],
         "request_id": row["request_id"],
         "idempotency_key": row["idempotency_key"],
-        "occurred_at": iso(row["occurred_at"]) if occurred_at is None else occurred_at,
+        "occurred_at": iso(row["occurred_at"]),
         "prev_hash": prev_hash,
     }
     return hashlib.sha256(dumps(material, sort_keys=True)).hexdigest()
@@ -69,10 +63,6 @@ class AuditTrail:
         self._seq = head.seq
         self._hash = head.hash
         self._pending: list[dict[str, Any]] = []
-        # The events of a transaction mostly share one actor and one timestamp: what is
-        # derived from them is worked out once.
-        self._occurred_at: tuple[datetime, str] | None = None
-        self._actor: tuple[Principal, list[str]] | None = None
 
     @classmethod
     async def begin(cls, session: AsyncSession) -> AuditTrail:
@@ -93,10 +83,6 @@ class AuditTrail:
         occurred_at: datetime,
     ) -> None:
         self._seq += 1
-        if self._actor is None or self._actor[0] is not principal:
-            self._actor = (principal, principal.sorted_roles)
-        if self._occurred_at is None or self._occurred_at[0] != occurred_at:
-            self._occurred_at = (occurred_at, iso(occurred_at))
         row = {
             "id": new_id(),
             "tenant_id": principal.tenant_id,
@@ -104,7 +90,7 @@ class AuditTrail:
             "event_type": event_type,
             "actor_kind": principal.actor_kind,
             "actor_id": principal.actor_id,
-            "actor_roles": self._actor[1],
+            "actor_roles": principal.sorted_roles,
             "resource_type": resource_type,
             "resource_id": resource_id,
             "changes": normalise(changes),
@@ -113,7 +99,7 @@ class AuditTrail:
             "occurred_at": occurred_at,
             "prev_hash": self._hash,
         }
-        row["hash"] = self._hash = event_hash(self._hash, row, occurred_at=self._occurred_at[1])
+        row["hash"] = self._hash = event_hash(self._hash, row)
         self._pending.append(row)
 
     @property
@@ -124,7 +110,7 @@ class AuditTrail:
     async def flush(self) -> None:
         if not self._pending:
             return
-        await _INSERT_EVENTS.executemany(self._session, self._pending)
+        await self._session.execute(insert(AuditEvent), self._pending)
         await self._session.execute(
             update(AuditHead)
             .where(AuditHead.id == self._head_id)
@@ -144,7 +130,7 @@ class Verification:
 
 
 def _as_row(event: AuditEvent) -> dict[str, Any]:
-    return {c.name: getattr(event, c.name) for c in AuditEvent.__table__.columns}
+    return {c: getattr(event, c) for c in AuditEvent.__table__.columns.keys()}
 
 
 async def verify(session: AsyncSession) -> Verification:

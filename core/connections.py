@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import credentials
+from core import credentials, schedules
 from core.changes import ChangeContext, Mutation, mutation
 from core.credentials import Credentials, CredentialStatus
 from core.db import Database
@@ -59,6 +59,13 @@ class Outcome(StrEnum):
 Precondition = Callable[[Connection], bool]
 
 
+class Keep:
+    """The type of `KEEP`: an argument left as it is."""
+
+
+KEEP = Keep()
+
+
 def describe(connection: Connection) -> dict[str, Any]:
     """A connection as it may be shown and audited: no secret, ever."""
     return {
@@ -71,6 +78,7 @@ def describe(connection: Connection) -> dict[str, Any]:
         "last_error": connection.last_error,
         "last_error_at": connection.last_error_at,
         "error_count": connection.error_count,
+        "sync_schedule": connection.sync_schedule,
         "version": connection.version,
         "created_by": connection.created_by,
         "created_at": connection.created_at,
@@ -148,11 +156,14 @@ async def create(
     secrets: dict[str, str],
     status: ConnectionStatus,
     note: str | None = None,
+    sync_schedule: dict[str, Any] | None = None,
 ) -> Connection:
     """A new connection; `secrets` go to the vault, `config` must hold none.
 
     :param note: why the connection starts in `status` (e.g. "authorize it"), kept as last error.
+    :param sync_schedule: when it syncs on its own (see `core.schedules`), if ever.
     """
+    sync_schedule = schedules.validate(sync_schedule)
     if await _name_taken(m.session, name):
         raise Conflict(f"A connection named {name!r} already exists")
     connection = Connection(
@@ -165,6 +176,8 @@ async def create(
         last_error=_clip(note),
         last_error_at=m.now if note else None,
         error_count=0,
+        sync_schedule=sync_schedule,
+        next_sync_at=schedules.next_run(sync_schedule, m.now),
         version=1,
         created_by=m.context.principal.actor_key,
         created_at=m.now,
@@ -201,13 +214,20 @@ async def update_config(
     name: str | None,
     config: dict[str, Any] | None,
     secrets: dict[str, str] | None,
+    sync_schedule: dict[str, Any] | None | Keep = KEEP,
     precondition: Precondition | None = None,
 ) -> Connection:
     """Rename and/or replace the configuration. `secrets` (when given) replace the stored
-    secret fields and keep the OAuth token."""
+    secret fields and keep the OAuth token; `sync_schedule` (when given) replaces the
+    schedule, None removing it."""
     connection = await get(m.session, connection_id)
     _check(connection, precondition)
     before = describe(connection)
+    if not isinstance(sync_schedule, Keep):
+        sync_schedule = schedules.validate(sync_schedule)
+        if sync_schedule != connection.sync_schedule:
+            connection.sync_schedule = sync_schedule
+            connection.next_sync_at = schedules.next_run(sync_schedule, m.now)
     changed_secrets: list[str] = []
     if name is not None and name != connection.name:
         if await _name_taken(m.session, name, other_than=connection.id):

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import ConnectionPool, Redis
 
 # Nudges are all alike: a short list is enough to say "look now" to every waiting relay.
@@ -73,6 +74,19 @@ async def enqueue(redis: Redis, keys: Keys, function: str, *args: Any, job_id: s
     client = arq_redis(redis.connection_pool, keys)
     job = await client.enqueue_job(function, *args, _job_id=job_id, _defer_by=defer_seconds)
     return job is not None
+
+
+async def reclaim(redis: Redis, job_id: str) -> None:
+    """Forget what arq holds of a job whose worker died with it (its definition and its
+    in-progress mark, which would otherwise block the id until the mark expires), so the
+    job can be queued again at once."""
+    await redis.delete(job_key_prefix + job_id, in_progress_key_prefix + job_id)
+
+
+async def alive(redis: Redis, keys: Keys, worker_id: str) -> bool:
+    """Whether `worker_id`'s heartbeat has not expired."""
+    expires = await redis.zscore(keys.workers, worker_id)
+    return expires is not None and expires > time.time()
 
 
 async def nudge_outbox(redis: Redis, keys: Keys) -> None:

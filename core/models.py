@@ -470,6 +470,9 @@ class Run(TenantOwned, Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     # A paused run (rate limited, provider away) is queued again and resumes at this time.
     resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The worker working it (its heartbeat id): a running run whose worker stopped beating
+    # was killed with it, and is handed to another worker.
+    worker_id: Mapped[str | None] = mapped_column(String(200))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     tries: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int] = mapped_column(Integer, default=1)

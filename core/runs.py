@@ -31,7 +31,8 @@ STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 # Kinds of run, and the worker job that works each.
 WEBHOOK_REPLAY = "webhook_replay"
-JOBS = {WEBHOOK_REPLAY: "replay_deliveries"}
+SYNC = "sync"
+JOBS = {WEBHOOK_REPLAY: "replay_deliveries", SYNC: "sync_connection"}
 
 
 def job_id(run_id: str) -> str:
@@ -47,8 +48,14 @@ def view(run: Run) -> dict[str, Any]:
         "subject_type": run.subject_type,
         "subject_id": run.subject_id,
         "params": run.params,
-        "progress": {"records_read": run.records_read, "records_written": run.records_written, "pages": run.pages},
+        "progress": {
+            "records_read": run.records_read,
+            "records_written": run.records_written,
+            "records_skipped": run.records_skipped,
+            "pages": run.pages,
+        },
         "error": run.error,
+        "resume_at": run.resume_at,
         "cancel_requested": run.cancel_requested,
         "tries": run.tries,
         "version": run.version,
@@ -83,6 +90,7 @@ async def create(
         params=params,
         records_read=0,
         records_written=0,
+        records_skipped=0,
         pages=0,
         cancel_requested=False,
         tries=0,
@@ -157,19 +165,23 @@ class Started:
     resumed: bool
 
 
-async def start(db: Database, tenant_id: str, run_id: str) -> Started | None:
-    """Mark a run running (again, when resumed); None when there is nothing to do:
-    the run is gone, finished, or cancelled before it started."""
+async def start(db: Database, tenant_id: str, run_id: str, *, worker_id: str | None = None) -> Started | None:
+    """Mark a run running (again, when resumed) by `worker_id`; None when there is nothing
+    to do: the run is gone, finished, paused until later, or cancelled before it started."""
     now = utcnow()
     async with db.write(tenant_id) as session:
         run = (await session.execute(select(Run).where(Run.id == run_id).with_for_update())).scalar_one_or_none()
         if run is None or run.status in FINISHED:
             return None
+        if run.status == QUEUED and run.resume_at is not None and run.resume_at > now:
+            return None  # paused: the sweep queues it again when it is due
         if run.cancel_requested:
             _finish(run, CANCELLED, None, now)
             return None
-        resumed = run.status == RUNNING
+        resumed = run.status == RUNNING or run.tries > 0
         run.status = RUNNING
+        run.resume_at = None
+        run.worker_id = worker_id
         run.started_at = run.started_at or now
         run.tries += 1
         run.version += 1
@@ -183,6 +195,7 @@ async def record_progress(
     *,
     read: int = 0,
     written: int = 0,
+    skipped: int = 0,
     pages: int = 0,
     checkpoint: dict[str, Any] | None = None,
 ) -> bool:
@@ -192,6 +205,7 @@ async def record_progress(
     values: dict[str, Any] = {
         "records_read": Run.records_read + read,
         "records_written": Run.records_written + written,
+        "records_skipped": Run.records_skipped + skipped,
         "pages": Run.pages + pages,
         "version": Run.version + 1,
         "updated_at": utcnow(),
@@ -214,33 +228,60 @@ async def progress(db: Database, tenant_id: str, run_id: str, **counts: Any) -> 
 def _finish(run: Run, status: str, error: dict[str, Any] | None, now: datetime) -> None:
     run.status = status
     run.error = error
+    run.resume_at = None
     run.finished_at = now
     run.version += 1
     run.updated_at = now
 
 
-async def finish(db: Database, tenant_id: str, run_id: str, status: str, error: dict[str, Any] | None = None) -> None:
-    """End a running run as succeeded, failed (with `error` as {code, message}) or cancelled."""
+async def finish_in(session: AsyncSession, run_id: str, status: str, error: dict[str, Any] | None = None) -> Run | None:
+    """`finish` in the caller's transaction; the run, or None if it was gone or already finished."""
     if status not in FINISHED:
         raise ValueError(f"{status!r} does not finish a run")
+    run = (await session.execute(select(Run).where(Run.id == run_id).with_for_update())).scalar_one_or_none()
+    if run is None or run.status in FINISHED:
+        return None
+    _finish(run, status, error, utcnow())
+    await session.flush()
+    return run
+
+
+async def finish(db: Database, tenant_id: str, run_id: str, status: str, error: dict[str, Any] | None = None) -> None:
+    """End a running run as succeeded, failed (with `error` as {code, message}) or cancelled."""
     async with db.write(tenant_id) as session:
-        run = (await session.execute(select(Run).where(Run.id == run_id).with_for_update())).scalar_one_or_none()
-        if run is not None and run.status not in FINISHED:
-            _finish(run, status, error, utcnow())
+        await finish_in(session, run_id, status, error)
 
 
-async def unattended(db: Database, *, queued_before: datetime, running_before: datetime) -> list[tuple[str, str, str]]:
-    """(tenant id, run id, kind) of runs that may have lost their job: queued and never
-    started, or running without progress since `running_before`, in all tenants."""
+async def unattended(
+    db: Database, *, queued_before: datetime, running_before: datetime, resuming_before: datetime
+) -> list[tuple[str, str, str, datetime | None]]:
+    """(tenant id, run id, kind, resume at) of runs whose job may be missing, in all
+    tenants: queued and not started since `queued_before`, paused and due to resume before
+    `resuming_before`, or running without progress since `running_before`."""
     async with db.read(None) as session:
         stmt = (
-            select(Run.tenant_id, Run.id, Run.kind)
+            select(Run.tenant_id, Run.id, Run.kind, Run.resume_at)
             .where(
-                ((Run.status == QUEUED) & (Run.created_at < queued_before))
+                ((Run.status == QUEUED) & Run.resume_at.is_(None) & (Run.updated_at < queued_before))
+                | ((Run.status == QUEUED) & (Run.resume_at < resuming_before))
                 | ((Run.status == RUNNING) & (Run.updated_at < running_before))
             )
             .order_by(Run.created_at)
             .limit(1000)
             .execution_options(cross_tenant=True)
         )
-        return [(t, r, k) for t, r, k in await session.execute(stmt)]
+        return [(t, r, k, at) for t, r, k, at in await session.execute(stmt)]
+
+
+async def running(db: Database, *, quiet_since: datetime) -> list[tuple[str, str, str, str | None]]:
+    """(tenant id, run id, kind, worker id) of running runs without progress since
+    `quiet_since`, in all tenants: the candidates for a check of their worker's heartbeat."""
+    async with db.read(None) as session:
+        stmt = (
+            select(Run.tenant_id, Run.id, Run.kind, Run.worker_id)
+            .where(Run.status == RUNNING, Run.updated_at < quiet_since)
+            .order_by(Run.updated_at)
+            .limit(1000)
+            .execution_options(cross_tenant=True)
+        )
+        return [(t, r, k, w) for t, r, k, w in await session.execute(stmt)]

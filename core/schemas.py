@@ -30,14 +30,23 @@ _INT_LIMIT = 2**63
 _EXPONENT_FLOAT = 1e16
 
 
+# Values kept as they are; checked by exact type first, as nearly every value is one (a sync
+# validates thousands of attributes per page).
+_AS_IS = frozenset({str, bool, type(None)})
+
+
 def _json_value(value: Any, depth: int) -> Any:
     """`value` with numbers in a form every backend keeps exactly; raises on what none can."""
     if depth > MAX_ATTRIBUTE_DEPTH:
         raise ValueError(f"attributes nest at most {MAX_ATTRIBUTE_DEPTH} levels deep")
     if isinstance(value, dict):
-        return {k: _json_value(v, depth + 1) for k, v in value.items()}
+        if depth == MAX_ATTRIBUTE_DEPTH:  # even a plain value inside is one level too deep
+            return {k: _json_value(v, depth + 1) for k, v in value.items()}
+        return {k: v if type(v) in _AS_IS else _json_value(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_value(v, depth + 1) for v in value]
+        if depth == MAX_ATTRIBUTE_DEPTH:
+            return [_json_value(v, depth + 1) for v in value]
+        return [v if type(v) in _AS_IS else _json_value(v, depth + 1) for v in value]
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, float):

@@ -10,7 +10,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.vault import KeyringInvalid, parse_keyring
@@ -91,6 +99,14 @@ class Settings(BaseSettings):
     worker_job_max_tries: int = Field(default=5, ge=1)
     worker_job_retry_seconds: float = Field(default=5.0, ge=0, description="First retry delay of a job; doubles per try")
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0, description="Heartbeat period; the key lives 3 periods")
+    sync_slice_seconds: float = Field(
+        default=300.0, gt=0, description="A sync job works this long, then queues the rest of the sync as a new job"
+    )
+    sync_pause_seconds: float = Field(
+        default=60.0, gt=0, description="First pause of a sync whose provider is away (no Retry-After); doubles per pause"
+    )
+    sync_max_pause_seconds: float = Field(default=3600.0, gt=0, description="Longest single pause of a sync")
+    sync_max_pauses: int = Field(default=12, ge=0, description="Pauses in a row, without a page stored, before a sync fails")
     worker_metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="A separate worker serves /metrics here (unset: not served)"
     )

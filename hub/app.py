@@ -7,16 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from redis.asyncio import Redis
 from starlette.types import Scope
 
-from connectors.host import ConnectorHost
-from connectors.oauth import OAuthClient
+from connectors.host import connector_host_for, pooled_client
 from connectors.registry import ConnectorRegistry
-from connectors.sdk import RedisBreakerStorage, RetryPolicy
+from connectors.sdk import RedisBreakerStorage
 from core import apikeys, tenants
 from core.changes import ChangeContext, mutation
 from core.db import Database
@@ -32,9 +30,20 @@ from core.vault import Vault, load_keyring
 from hub.group_commit import UpsertCommitter
 from hub.metrics import HubMetrics
 from hub.middleware import EdgeMiddleware
-from hub.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, Problem
 from hub.outbox_nudge import OutboxNudge
-from hub.routers import api_keys, audit, connections, connectors, deals, health, identity, oauth, runs, webhooks
+from hub.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, Problem
+from hub.routers import (
+    api_keys,
+    audit,
+    connections,
+    connectors,
+    deals,
+    health,
+    identity,
+    oauth,
+    runs,
+    webhooks,
+)
 from hub.state import HubState, TTLCache
 
 log = logging.getLogger("hub")
@@ -103,13 +112,6 @@ def _on_request(scope: Scope, status: int, seconds: float) -> None:
     )
 
 
-def _oauth_clients(settings: Settings) -> dict[str, OAuthClient]:
-    return {
-        key: OAuthClient(c.client_id, c.client_secret.get_secret_value() if c.client_secret else None)
-        for key, c in settings.oauth_clients.items()
-    }
-
-
 def _vault(settings: Settings) -> Vault:
     configured = settings.vault_keys.get_secret_value() if settings.vault_keys else None
     if configured is None and not settings.is_sqlite:
@@ -152,19 +154,8 @@ def create_app(settings: Settings | None = None, *, connector_registry: Connecto
             allow=settings.connectors, block=settings.disabled_connectors
         )
         registry.load()
-        # One pooled client for every provider call of this process.
-        http_client = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, connect=10.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        )
-        connector_host = ConnectorHost(
-            client=http_client,
-            breaker_storage=RedisBreakerStorage(redis),
-            oauth_clients=_oauth_clients(settings),
-            retry=RetryPolicy(max_attempts=settings.connector_retry_attempts),
-            breaker_fail_max=settings.breaker_fail_max,
-            breaker_reset_timeout=settings.breaker_reset_seconds,
-        )
+        http_client = pooled_client()
+        connector_host = connector_host_for(settings, http_client, RedisBreakerStorage(redis))
         app.state.hub = HubState(
             settings=settings,
             db=db,
@@ -184,8 +175,9 @@ def create_app(settings: Settings | None = None, *, connector_registry: Connecto
             from worker.runtime import WorkerRuntime
 
             worker = WorkerRuntime(
-                settings, redis_url=redis_url, db=db, vault=app.state.hub.vault, registry=metrics.registry
-            )
+                settings, redis_url=redis_url, db=db, vault=app.state.hub.vault, registry=metrics.registry,
+                connectors=registry, connector_host=connector_host,
+            )  # fmt: skip
             await worker.start()
         app.state.hub.worker = worker
         app.state.hub.outbox_nudge = OutboxNudge(

@@ -23,6 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from core import deliveries, jobs, runs, webhooks
 from core.models import utcnow
 from core.settings import Settings
+from worker import syncs
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -91,7 +92,7 @@ def instrumented(name: str, body: JobBody, settings: Settings, *, works_a_run: b
 
 async def replay_deliveries(runtime: WorkerRuntime, tenant_id: str, run_id: str) -> dict[str, Any]:
     """Requeue an endpoint's failed deliveries in a time window, page by page (a run)."""
-    started = await runs.start(runtime.db, tenant_id, run_id)
+    started = await runs.start(runtime.db, tenant_id, run_id, worker_id=runtime.worker_id)
     if started is None:
         return {"skipped": True}
     run = started.run
@@ -137,24 +138,43 @@ async def disable_failing_endpoints(runtime: WorkerRuntime) -> int:
 
 # A run not started this long after it was queued has probably lost its job (Redis was away).
 UNATTENDED_QUEUED_SECONDS = 30.0
+# How often the sweep below runs (worker.schedules): paused runs due within the next tick
+# are queued now, deferred to their time.
+SWEEP_SECONDS = 10
 
 
 async def requeue_unattended_runs(runtime: WorkerRuntime) -> int:
-    """Enqueue again the jobs of runs that look abandoned; a no-op for those still queued."""
+    """Enqueue the jobs of runs that look abandoned and of paused runs due to resume; a
+    no-op for those whose job is still queued."""
     now = utcnow()
     stale_running = runtime.settings.worker_job_timeout_seconds + 60
     found = await runs.unattended(
         runtime.db,
         queued_before=now - timedelta(seconds=UNATTENDED_QUEUED_SECONDS),
         running_before=now - timedelta(seconds=stale_running),
+        resuming_before=now + timedelta(seconds=SWEEP_SECONDS),
     )
     enqueued = 0
-    for tenant_id, run_id, kind in found:
-        if await jobs.enqueue(runtime.redis, runtime.keys, runs.JOBS[kind], tenant_id, run_id, job_id=runs.job_id(run_id)):
+    for tenant_id, run_id, kind, resume_at in found:
+        defer = (resume_at - now).total_seconds() if resume_at is not None and resume_at > now else None
+        if await runtime.enqueue_run(kind, tenant_id, run_id, defer_seconds=defer):
+            enqueued += 1
+    # Runs whose worker was killed under them: its heartbeat has expired. arq would only
+    # run their job again once its in-progress mark expires (minutes); hand them on now.
+    quiet_since = now - timedelta(seconds=3 * runtime.settings.worker_heartbeat_seconds)
+    for tenant_id, run_id, kind, worker_id in await runs.running(runtime.db, quiet_since=quiet_since):
+        if worker_id is None or worker_id == runtime.worker_id or await jobs.alive(runtime.redis, runtime.keys, worker_id):
+            continue
+        log.warning("run orphaned by a stopped worker, queued again", extra={"run_id": run_id, "worker": worker_id})
+        await jobs.reclaim(runtime.redis, runs.job_id(run_id))
+        if await runtime.enqueue_run(kind, tenant_id, run_id):
             enqueued += 1
     return enqueued
 
 
 def functions(settings: Settings) -> list[Function]:
     """The jobs this worker runs, by the names API processes enqueue them under."""
-    return [instrumented(runs.JOBS[runs.WEBHOOK_REPLAY], replay_deliveries, settings, works_a_run=True)]
+    return [
+        instrumented(runs.JOBS[runs.WEBHOOK_REPLAY], replay_deliveries, settings, works_a_run=True),
+        instrumented(runs.JOBS[runs.SYNC], syncs.sync_connection, settings, works_a_run=True),
+    ]

@@ -17,11 +17,15 @@ import socket
 import time
 from typing import Any
 
+import httpx
 from arq.worker import Worker
 from prometheus_client import CollectorRegistry
 from redis.asyncio import ConnectionPool, Redis
 
-from core import jobs
+from connectors.host import ConnectorHost, connector_host_for, pooled_client
+from connectors.registry import ConnectorRegistry
+from connectors.sdk import RedisBreakerStorage
+from core import jobs, runs
 from core.db import Database
 from core.jobs import Keys
 from core.migrate import upgrade_to_head
@@ -55,7 +59,15 @@ class WorkerRuntime:
         vault: Vault | None = None,
         registry: CollectorRegistry | None = None,
         serve_metrics_port: bool = False,
+        connectors: ConnectorRegistry | None = None,
+        connector_host: ConnectorHost | None = None,
     ) -> None:
+        """
+        :param connectors: the connectors syncs may use (an in-process worker shares the
+            app's); by default the installed ones, filtered by HUB_CONNECTORS.
+        :param connector_host: the factory of live connectors (likewise shared); by default
+            one of the worker's own, with its circuit breakers in Redis.
+        """
         self.settings = settings
         self.redis_url = redis_url
         self.keys = Keys(settings.worker_namespace)
@@ -73,11 +85,30 @@ class WorkerRuntime:
         self.dispatcher: Dispatcher | None = None
         self.relay: OutboxRelay | None = None
         self._stopping = False
+        self._connectors = connectors
+        self._connector_host = connector_host
+        self._own_http: httpx.AsyncClient | None = None
 
     @property
     def redis(self) -> Redis:
         assert self._pool is not None
         return Redis(connection_pool=self._pool)
+
+    @property
+    def connectors(self) -> ConnectorRegistry:
+        assert self._connectors is not None
+        return self._connectors
+
+    @property
+    def connector_host(self) -> ConnectorHost:
+        assert self._connector_host is not None
+        return self._connector_host
+
+    async def enqueue_run(self, kind: str, tenant_id: str, run_id: str, *, defer_seconds: float | None = None) -> bool:
+        """Queue the job of a run; False if it is already queued or running."""
+        return await jobs.enqueue(
+            self.redis, self.keys, runs.JOBS[kind], tenant_id, run_id, job_id=runs.job_id(run_id), defer_seconds=defer_seconds
+        )
 
     def wake(self, *, claim: bool = False) -> None:
         """Have the relay look at the outbox now (an in-process nudge); with `claim`, at
@@ -92,6 +123,12 @@ class WorkerRuntime:
             self.redis_url, socket_timeout=LISTEN_SECONDS + 5, socket_connect_timeout=2.0, socket_keepalive=True
         )
         redis = self.redis
+        if self._connectors is None:
+            self._connectors = ConnectorRegistry(allow=settings.connectors, block=settings.disabled_connectors)
+            self._connectors.load()
+        if self._connector_host is None:
+            self._own_http = pooled_client()
+            self._connector_host = connector_host_for(settings, self._own_http, RedisBreakerStorage(redis))
         self.dispatcher = Dispatcher(
             db=self.db, vault=self.vault, settings=settings, metrics=self.metrics, owner=self.worker_id,
             wake_at=lambda when: self.relay.wake_at(when) if self.relay is not None else None,
@@ -182,6 +219,8 @@ class WorkerRuntime:
             self._pool = None
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self._own_http is not None:
+            await self._own_http.aclose()
         if self._own_db:
             await self.db.dispose()
         log.info("worker stopped", extra={"worker_id": self.worker_id})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from arq.cron import CronJob, cron
 
 from core.settings import Settings
-from worker import jobs
+from worker import jobs, syncs
 
 
 def cron_jobs(settings: Settings) -> list[CronJob]:
@@ -14,8 +14,12 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     ns = settings.worker_namespace
     disable = jobs.instrumented(f"{ns}.disable_failing_endpoints", jobs.disable_failing_endpoints, settings)
     requeue = jobs.instrumented(f"{ns}.requeue_unattended_runs", jobs.requeue_unattended_runs, settings)
+    scheduled = jobs.instrumented(f"{ns}.start_scheduled_syncs", syncs.start_scheduled_syncs, settings)
+    every_sweep = set(range(5, 60, jobs.SWEEP_SECONDS))
     return [
-        # Every minute, at :00 and :30.
+        # Every minute, at :00.
         cron(disable.coroutine, name=disable.name, second=0, timeout=120, max_tries=1),
-        cron(requeue.coroutine, name=requeue.name, second=30, timeout=120, max_tries=1),
+        # Every SWEEP_SECONDS: paused syncs resume and schedules fire within that much of their time.
+        cron(requeue.coroutine, name=requeue.name, second=every_sweep, timeout=120, max_tries=1),
+        cron(scheduled.coroutine, name=scheduled.name, second=every_sweep, timeout=120, max_tries=1),
     ]

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
 import httpx
+import orjson
 
 from ._breaker import AsyncCircuitBreaker
 from ._errors import (
@@ -36,6 +37,15 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 ResponseObserver = Callable[[httpx.Response], None]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+def _loads(content: bytes) -> Any:
+    """A JSON body: orjson (several times faster on big pages), and the standard library
+    for what orjson refuses but JSON allows (integers beyond 64 bits)."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content)
 
 
 class JsonResponse(NamedTuple):
@@ -232,7 +242,7 @@ class HubHttp:
             if not decode or not response.content:
                 return JsonResponse(response, None)
             try:
-                return JsonResponse(response, json.loads(response.content))
+                return JsonResponse(response, _loads(response.content))
             except ValueError as exc:
                 if status >= 300:
                     return JsonResponse(response, None)  # an accepted error without a JSON body

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 from sqlalchemy import select
 
@@ -21,9 +21,14 @@ from connectors.host import LiveConnector, SplitConfig, parse_config, split_conf
 from connectors.oauth import authorization_request
 from connectors.registry import ConnectorNotFound
 from connectors.sdk import Connector, OAuth2AuthorizationCode, OAuth2ClientCredentials
-from core import connections, credentials, oauth_states
+from core import connections, credentials, oauth_states, runs, schedules, syncs
 from core.changes import ChangeContext, Mutation
-from core.connections import ConnectionStatus, ConnectionStore, LoadedConnection, Outcome
+from core.connections import (
+    ConnectionStatus,
+    ConnectionStore,
+    LoadedConnection,
+    Outcome,
+)
 from core.credentials import Credentials, CredentialStatus
 from core.errors import Conflict, HubError, NotFound, ValidationFailed
 from core.identity import Principal
@@ -32,9 +37,18 @@ from core.roles import Permission
 from hub import etags
 from hub.auth import State, require
 from hub.problems import error_responses
-from hub.provider_calls import Answer, CallResult, error_summary, perform_call, timed_call, upstream_problem
+from hub.provider_calls import (
+    Answer,
+    CallResult,
+    error_summary,
+    perform_call,
+    timed_call,
+    upstream_problem,
+)
+from hub.routers.runs import RunOut, enqueue_run, run_out
 from hub.state import HubState
-from hub.writes import IdempotencyKey, Outcome as WriteOutcome, perform
+from hub.writes import IdempotencyKey, perform
+from hub.writes import Outcome as WriteOutcome
 
 router = APIRouter(prefix="/api/v1/connections", tags=["connections"])
 Admin = Annotated[Principal, Depends(require(Permission.CONNECTIONS_MANAGE))]
@@ -57,6 +71,28 @@ CALLBACK_PATH = "/api/v1/oauth/callback"
 # -- models -------------------------------------------------------------------------------
 
 
+class SyncSchedule(BaseModel):
+    """When a connection syncs on its own: every `interval_seconds`, or on a cron expression (UTC)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_seconds: int | None = Field(
+        default=None, ge=schedules.MIN_INTERVAL_SECONDS, le=schedules.MAX_INTERVAL_SECONDS, examples=[900]
+    )
+    cron: str | None = Field(
+        default=None, max_length=100, description="minute hour day-of-month month day-of-week", examples=["0 */6 * * *"]
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SyncSchedule:
+        if (self.interval_seconds is None) == (self.cron is None):
+            raise ValueError("give either interval_seconds or cron")
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
 class ConnectionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -67,6 +103,7 @@ class ConnectionIn(BaseModel):
         description="The connector's configuration (see GET /api/v1/connectors/{key}/schemas). "
         "Secret fields go to the credential vault and are never returned.",
     )
+    sync_schedule: SyncSchedule | None = Field(default=None, description="When it syncs on its own; null: only on demand")
 
 
 class ConnectionPatch(BaseModel):
@@ -75,6 +112,9 @@ class ConnectionPatch(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     config: dict[str, Any] | None = Field(
         default=None, description="A JSON merge patch of the configuration: a null removes a field"
+    )
+    sync_schedule: SyncSchedule | None = Field(
+        default=None, description="Replaces the schedule; null removes it (syncs then run on demand only)"
     )
 
 
@@ -99,6 +139,8 @@ class ConnectionOut(BaseModel):
     last_error: str | None
     last_error_at: datetime | None
     error_count: int = Field(description="Consecutive failures since the last success")
+    sync_schedule: SyncSchedule | None
+    next_sync_at: datetime | None = Field(description="When the schedule next starts a sync")
     breaker_state: BreakerState = Field(description="The connection's circuit breaker, shared by all hub processes")
     credentials: CredentialsOut
     version: int
@@ -189,13 +231,15 @@ async def _breaker_state(state: HubState, tenant_id: str, connection_id: str) ->
 
 def _etag(connection: Connection, breaker: str, row: ConnectionCredential | None) -> str:
     # The representation also shows breaker and credential status, so they are part of the tag.
-    return etags.etag(f"{connection.id}:{breaker}:{credentials.status(row).value}", connection.version)
+    scheduled = connection.next_sync_at.isoformat() if connection.next_sync_at else ""
+    return etags.etag(f"{connection.id}:{breaker}:{credentials.status(row).value}:{scheduled}", connection.version)
 
 
 def _view(state: HubState, connection: Connection, row: ConnectionCredential | None, breaker: str) -> ConnectionOut:
     shown = credentials.describe(row)
     return ConnectionOut(
         **connections.describe(connection),
+        next_sync_at=connection.next_sync_at,
         breaker_state=breaker,  # type: ignore[arg-type]
         credentials=CredentialsOut(**shown, scheme=_scheme(_connector_or_none(state, connection.connector_key))),
     )
@@ -315,7 +359,7 @@ async def create_connection(
     async def action(m: Mutation) -> WriteOutcome:
         connection = await connections.create(
             m, state.vault, connector_key=cls.key, name=body.name, config=split.plain, secrets=split.secrets,
-            status=status, note=note,
+            status=status, note=note, sync_schedule=body.sync_schedule.stored() if body.sync_schedule else None,
         )  # fmt: skip
         row = await credentials.find(m.session, connection.id)
         headers = {"Location": f"/api/v1/connections/{connection.id}", "ETag": _etag(connection, "closed", row)}
@@ -400,8 +444,11 @@ async def patch_connection(
             current = credentials.unseal(state.vault, row) if row is not None else Credentials()
             split = _split(cls, _merge_patch({**connection.config, **current.secrets}, body.config))
             config, secrets = split.plain, split.secrets
+        schedule: dict[str, Any] | None | connections.Keep = connections.KEEP
+        if "sync_schedule" in body.model_fields_set:
+            schedule = body.sync_schedule.stored() if body.sync_schedule else None
         connection = await connections.update_config(
-            m, state.vault, connection_id, name=body.name, config=config, secrets=secrets,
+            m, state.vault, connection_id, name=body.name, config=config, secrets=secrets, sync_schedule=schedule,
             precondition=_precondition(tags, breaker, row),
         )  # fmt: skip
         row = await credentials.find(m.session, connection_id)
@@ -719,3 +766,62 @@ async def execute_action(
 
     return await perform_call(request, state, principal, call=call, finish=finish)
 
+
+
+# -- syncs --------------------------------------------------------------------------------
+
+
+class SyncIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["incremental", "full"] = Field(
+        default="incremental",
+        description="incremental: from where the last sync stopped; full: every record again (changes nothing that is unchanged)",
+    )
+
+
+Operator = Annotated[Principal, Depends(require(Permission.RUNS_MANAGE))]
+
+
+@router.post(
+    "/{connection_id}/syncs",
+    status_code=202,
+    response_model=RunOut,
+    summary="Start a sync of the connection",
+    description=(
+        "Queues a sync run and answers its reference (poll GET /api/v1/runs/{id}). A connection has one "
+        "sync at a time: 409 while another is queued or running. The sync ends with a sync.completed or "
+        "sync.failed event."
+    ),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 500),
+)
+async def start_sync(
+    request: Request,
+    state: State,
+    principal: Operator,
+    connection_id: ConnectionId,
+    body: Annotated[
+        SyncIn | None,
+        Body(
+            openapi_examples={
+                "incremental": {"summary": "From where the last sync stopped (the default)", "value": {"mode": "incremental"}},
+                "full": {"summary": "Every record again", "value": {"mode": "full"}},
+            }
+        ),
+    ] = None,
+    _key: IdempotencyKey = None,
+) -> Response:
+    mode = body.mode if body is not None else "incremental"
+    queued: list[str] = []
+
+    async def action(m: Mutation) -> WriteOutcome:
+        connection = await connections.get(m.session, connection_id)
+        connector_class(state, connection.connector_key)
+        run = await syncs.start(m, connection_id, mode=mode)
+        queued.append(run.id)
+        return WriteOutcome(202, run_out(run), {"Location": f"/api/v1/runs/{run.id}"})
+
+    response = await perform(request, state, principal, action)
+    for run_id in queued:
+        await enqueue_run(state, principal.tenant_id, runs.SYNC, run_id)
+    return response

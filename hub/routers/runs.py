@@ -3,6 +3,7 @@ If-None-Match answers 304); a run can be cancelled while it has not finished."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from core import runs
+from core import jobs, runs
 from core.changes import Mutation
 from core.identity import Principal
 from core.models import Run
@@ -19,8 +20,10 @@ from hub import etags
 from hub.auth import State, require
 from hub.outbox_nudge import notify_outbox
 from hub.problems import error_responses
+from hub.state import HubState
 from hub.writes import IdempotencyKey, Outcome, perform
 
+log = logging.getLogger("hub.runs")
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 Reader = Annotated[Principal, Depends(require(Permission.RUNS_READ))]
 Manager = Annotated[Principal, Depends(require(Permission.RUNS_MANAGE))]
@@ -30,7 +33,8 @@ RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 class Progress(BaseModel):
     records_read: int
-    records_written: int
+    records_written: int = Field(description="Records that changed the domain (created, updated or deleted)")
+    records_skipped: int = Field(description="Records that did not fit the domain and were left out")
     pages: int
 
 
@@ -48,7 +52,8 @@ class RunOut(BaseModel):
     subject_id: str | None
     params: dict[str, Any]
     progress: Progress
-    error: RunError | None
+    error: RunError | None = Field(description="Why the run failed; or, while a paused run waits, why it paused")
+    resume_at: datetime | None = Field(description="When a paused run (rate limited, provider away) resumes")
     cancel_requested: bool
     tries: int = Field(description="How many times a worker has started it (a resumed run counts again)")
     version: int
@@ -66,6 +71,18 @@ class RunPage(BaseModel):
 
 def run_out(run: Run) -> RunOut:
     return RunOut.model_validate(runs.view(run))
+
+
+async def enqueue_run(state: HubState, tenant_id: str, kind: str, run_id: str) -> None:
+    """Queue a run's job after its commit; if Redis is away, the worker's sweep of
+    unattended runs queues it."""
+    try:
+        await jobs.enqueue(
+            state.redis, jobs.Keys(state.settings.worker_namespace), runs.JOBS[kind], tenant_id, run_id,
+            job_id=runs.job_id(run_id),
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the run is in the database; it is not lost
+        log.warning("run not enqueued (the worker's sweep will): %s", type(exc).__name__)
 
 
 @router.get("", response_model=RunPage, summary="List runs, newest first", responses=error_responses(401, 403, 422, 500))

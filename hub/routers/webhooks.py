@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from core import deliveries, jobs, runs, webhooks
+from core import deliveries, runs, webhooks
 from core.changes import Mutation
 from core.identity import Principal
 from core.models import WebhookEndpoint
@@ -25,7 +25,7 @@ from hub import etags
 from hub.auth import State, require
 from hub.outbox_nudge import notify_outbox
 from hub.problems import error_responses
-from hub.routers.runs import RunOut, run_out
+from hub.routers.runs import RunOut, enqueue_run, run_out
 from hub.state import HubState
 from hub.writes import IdempotencyKey, Outcome, perform
 
@@ -473,16 +473,7 @@ async def replay_failed(
     if response.status_code == 202:
         location = response.headers["location"]
         run_id = location.rsplit("/", 1)[1]
-        await _enqueue_run(state, principal.tenant_id, run_id)
+        await enqueue_run(state, principal.tenant_id, runs.WEBHOOK_REPLAY, run_id)
     return response
 
 
-async def _enqueue_run(state: HubState, tenant_id: str, run_id: str) -> None:
-    """Queue the run's job; if Redis is away, the worker's unattended-runs sweep queues it."""
-    try:
-        await jobs.enqueue(
-            state.redis, jobs.Keys(state.settings.worker_namespace), runs.JOBS[runs.WEBHOOK_REPLAY],
-            tenant_id, run_id, job_id=runs.job_id(run_id),
-        )  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - the run is in the database; it is not lost
-        log.warning("replay run not enqueued (the worker's sweep will): %s", type(exc).__name__)

@@ -169,7 +169,7 @@ async def test_a_queued_run_can_be_cancelled_once(client, tenant):
     )
     assert r.status_code == 202, r.text
     run = r.json()
-    assert run["status"] == "queued" and run["progress"] == {"records_read": 0, "records_written": 0, "pages": 0}
+    assert run["status"] == "queued" and run["progress"] == {"records_read": 0, "records_written": 0, "records_skipped": 0, "pages": 0}
     r = await client.post(f"/api/v1/runs/{run['id']}/cancel", headers=tenant.headers(Role.INTEGRATION_SERVICE))
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "cancelled" and r.json()["finished_at"]

@@ -107,7 +107,10 @@ async def start_worker(app: Any, settings: Settings) -> AsyncIterator[WorkerFact
     async def start(**overrides: Any) -> WorkerRuntime:
         hub = app.state.hub
         worker_settings = settings.model_copy(update={**FAST, **overrides})
-        runtime = WorkerRuntime(worker_settings, redis_url=settings.redis_url or "", db=hub.db, vault=hub.vault)
+        runtime = WorkerRuntime(
+            worker_settings, redis_url=settings.redis_url or "", db=hub.db, vault=hub.vault,
+            connectors=hub.connectors, connector_host=hub.connector_host,
+        )  # fmt: skip
         await runtime.start()
         started.append(runtime)
         return runtime

@@ -275,7 +275,7 @@ async def test_failed_deliveries_in_a_window_are_replayed_by_a_run(client, app, 
         return got if got["status"] == "succeeded" else None
 
     done = await wait_for(finished)
-    assert done["progress"] == {"records_read": 5, "records_written": 5, "pages": 1}
+    assert done["progress"] == {"records_read": 5, "records_written": 5, "records_skipped": 0, "pages": 1}
     assert done["started_at"] and done["finished_at"] and done["error"] is None
 
     async def all_delivered() -> bool:

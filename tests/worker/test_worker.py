@@ -143,7 +143,7 @@ async def test_a_running_replay_stops_at_its_next_page_when_cancelled(
         assert r.status_code == 202, r.text
         return str(r.json()["id"])
 
-    fake = SimpleNamespace(db=app.state.hub.db, wake=lambda claim=False: None)
+    fake = SimpleNamespace(db=app.state.hub.db, wake=lambda claim=False: None, worker_id="test-worker")
     monkeypatch.setattr(worker_jobs, "REPLAY_PAGE", 2)
     original = worker_jobs.deliveries.replay_failed_page
 

@@ -48,6 +48,7 @@ def upgrade() -> None:
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("records_skipped", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("resume_at", core.models.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("worker_id", sa.String(length=200), nullable=True))
         batch_op.create_index(
             "uq_runs_active_sync", ["connection_id"], unique=True,
             sqlite_where=sa.text(ACTIVE_SYNC), postgresql_where=sa.text(ACTIVE_SYNC),
@@ -57,6 +58,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_index("uq_runs_active_sync", sqlite_where=sa.text(ACTIVE_SYNC), postgresql_where=sa.text(ACTIVE_SYNC))
+        batch_op.drop_column("worker_id")
         batch_op.drop_column("resume_at")
         batch_op.drop_column("records_skipped")
 

@@ -1,0 +1,224 @@
+"""The sync job: read a connection's streams page by page into the domain.
+
+Credentials are decrypted here, in the worker, and only for the provider calls. Each page
+is stored with its cursor and the run's checkpoint in one transaction (`core.syncs`), so
+a sync killed at any point resumes from the last page it stored. A rate limit or an
+unavailable provider (open breaker included) pauses the sync; it resumes later from its
+checkpoint. A long sync works in slices: after `sync_slice_seconds` it queues the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from connectors.host import LiveConnector, classify
+from connectors.registry import ConnectorNotFound
+from connectors.sdk import (
+    AuthError,
+    ConfigError,
+    DealRecord,
+    Page,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    parse_cursor,
+)
+from core import runs, syncs
+from core.connections import ConnectionStatus, ConnectionStore, Outcome
+from core.credentials import Credentials, CredentialStatus
+from core.errors import NotFound
+from core.jsonable import normalise
+from core.models import utcnow
+
+if TYPE_CHECKING:
+    from worker.runtime import WorkerRuntime
+
+log = logging.getLogger("worker.syncs")
+# The database or Redis away: the job is retried and resumes from the checkpoint.
+_OURS_AWAY = (OperationalError, InterfaceError, RedisError)
+
+
+class SyncFailed(Exception):
+    """The sync cannot go on: the run fails with `code` and `message`."""
+
+    def __init__(self, code: str, message: str, outcome: Outcome = Outcome.REJECTED) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.outcome = outcome
+
+
+async def _live(runtime: WorkerRuntime, tenant_id: str, connection_id: str, run_id: str) -> LiveConnector:
+    store = ConnectionStore(runtime.db, runtime.vault, syncs.integration(tenant_id, connection_id, run_id))
+    try:
+        loaded = await store.load(connection_id)
+    except NotFound:
+        raise SyncFailed("CONNECTION_GONE", "The connection was deleted") from None
+    if loaded.status == ConnectionStatus.DISABLED:
+        raise SyncFailed("CONNECTION_DISABLED", "The connection was disabled")
+    try:
+        cls = runtime.connectors.get(loaded.connector_key)
+    except ConnectorNotFound:
+        raise SyncFailed(
+            "CONNECTOR_UNAVAILABLE", f"The connector {loaded.connector_key!r} is not available in this worker"
+        ) from None
+    if loaded.credential_status == CredentialStatus.REVOKED:
+        raise SyncFailed("AUTH_ERROR", "The connection's credentials were revoked; reconnect it", Outcome.AUTH_FAILED)
+    found = loaded.credentials or Credentials()
+    try:
+        return runtime.connector_host.build(
+            cls, tenant_id=tenant_id, connection_id=connection_id, config=loaded.config,
+            secrets=found.secrets, token=found.token, store=store,
+        )  # fmt: skip
+    except ValueError:  # the configuration no longer validates (secrets removed, say)
+        raise SyncFailed("CONFIG_INCOMPLETE", "The connection's configuration is incomplete") from None
+
+
+def _deal_streams(live: LiveConnector) -> list[str]:
+    return [stream.name for stream in live.connector.streams]
+
+
+_END = object()
+
+
+async def read_ahead(pages: AsyncIterator[Page[Any]]) -> AsyncIterator[Page[Any]]:
+    """`pages`, fetching the next one while the caller stores the current one: the wait
+    on the provider overlaps the database's work. One page ahead, so memory stays flat; a
+    page fetched ahead and never stored is read again on resume (its cursor was not saved)."""
+    ahead: asyncio.Future[Any] = asyncio.ensure_future(anext(pages, _END))
+    try:
+        while (page := await ahead) is not _END:
+            ahead = asyncio.ensure_future(anext(pages, _END))
+            yield page
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+            with contextlib.suppress(BaseException):
+                await ahead
+
+
+def _pause_for(runtime: WorkerRuntime, exc: BaseException, pauses: int) -> float:
+    """How long to pause after `exc`, the `pauses`-th pause in a row (from 1)."""
+    settings = runtime.settings
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, (int, float)) and retry_after > 0:
+        seconds = float(retry_after)
+    else:
+        seconds = settings.sync_pause_seconds * 2 ** (pauses - 1)
+    return min(seconds, settings.sync_max_pause_seconds)
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"code": code, "message": message[:1000]}
+
+
+async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -> dict[str, Any]:
+    """Work a sync run from its checkpoint to the end, a pause, or the end of its slice."""
+    started = await runs.start(runtime.db, tenant_id, run_id, worker_id=runtime.worker_id)
+    if started is None:
+        return {"skipped": True}
+    run = started.run
+    connection_id = run.connection_id
+    assert connection_id is not None
+    checkpoint: dict[str, Any] = dict(run.checkpoint or {})
+    done: list[str] = list(checkpoint.get("done", []))
+    positions: dict[str, Any] = dict(checkpoint.get("cursors", {}))
+    pauses = int(checkpoint.get("pauses", 0))
+    full = run.params.get("mode") == "full"
+    deadline = time.monotonic() + runtime.settings.sync_slice_seconds
+
+    async def fail(code: str, message: str, outcome: Outcome = Outcome.REJECTED) -> dict[str, Any]:
+        await syncs.finish(
+            runtime.db, tenant_id, run_id, connection_id, status=runs.FAILED, outcome=outcome, error=_error(code, message)
+        )
+        return {"failed": code}
+
+    try:
+        live = await _live(runtime, tenant_id, connection_id, run_id)
+    except SyncFailed as exc:
+        return await fail(exc.code, exc.message, exc.outcome)
+    stored = {} if full else await syncs.cursors(runtime.db, tenant_id, connection_id)
+    try:
+        for stream in _deal_streams(live):
+            if stream in done:
+                continue
+            cursor = parse_cursor(positions[stream]) if stream in positions else parse_cursor(stored.get(stream))
+            source = live.connector.read(stream, cursor=cursor)
+            async with aclosing(source), aclosing(read_ahead(source)) as pages:
+                async for page in pages:
+                    records = [r for r in page.records if isinstance(r, DealRecord)]
+                    positions[stream] = normalise(page.cursor)
+                    pauses = 0
+                    result = await syncs.store_page(
+                        runtime.db, tenant_id, run_id, connection_id, stream=stream, records=records, cursor=page.cursor,
+                        checkpoint={"done": done, "cursors": positions, "pauses": 0},
+                    )  # fmt: skip
+                    if result.written:
+                        runtime.wake()
+                    if result.cancel_requested:
+                        await syncs.finish(runtime.db, tenant_id, run_id, connection_id, status=runs.CANCELLED)
+                        return {"cancelled": True}
+                    if time.monotonic() > deadline:
+                        await syncs.pause(runtime.db, tenant_id, run_id, resume_at=utcnow())
+                        return {"sliced": True}
+            done.append(stream)
+            await runs.progress(runtime.db, tenant_id, run_id, checkpoint={"done": done, "cursors": positions, "pauses": 0})
+    except (RateLimited, ProviderUnavailable, TimeoutError, httpx.TransportError) as exc:
+        pauses += 1
+        if pauses > runtime.settings.sync_max_pauses:
+            return await fail("PROVIDER_UNAVAILABLE", f"Gave up after {pauses - 1} pauses: {_describe(exc)}", Outcome(classify(exc)))
+        seconds = _pause_for(runtime, exc, pauses)
+        resume_at = utcnow() + timedelta(seconds=math.ceil(seconds))
+        await runs.progress(runtime.db, tenant_id, run_id, checkpoint={"done": done, "cursors": positions, "pauses": pauses})
+        await syncs.pause(runtime.db, tenant_id, run_id, resume_at=resume_at, error=_error(_pause_code(exc), _describe(exc)))
+        log.info("sync paused", extra={"run_id": run_id, "resume_at": resume_at.isoformat(), "reason": type(exc).__name__})
+        return {"paused_until": resume_at.isoformat()}
+    except AuthError as exc:
+        return await fail("AUTH_ERROR", f"The provider rejected the connection's credentials: {exc.message}", Outcome.AUTH_FAILED)
+    except ConfigError as exc:
+        return await fail("PROVIDER_CONFIG_ERROR", exc.message, Outcome.MISCONFIGURED)
+    except ProviderError as exc:
+        return await fail("PROVIDER_ERROR", exc.message)
+    except _OURS_AWAY:
+        raise
+    except Exception as exc:
+        log.exception("sync failed unexpectedly", extra={"run_id": run_id})
+        return await fail("SYNC_FAILED", f"The sync failed unexpectedly ({type(exc).__name__})")
+    await syncs.finish(runtime.db, tenant_id, run_id, connection_id, status=runs.SUCCEEDED)
+    return {"succeeded": True}
+
+
+def _pause_code(exc: BaseException) -> str:
+    return "RATE_LIMITED" if isinstance(exc, RateLimited) else "PROVIDER_UNAVAILABLE"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ProviderError):
+        return exc.message
+    if isinstance(exc, TimeoutError):
+        return "the provider did not answer in time"
+    return f"the provider could not be reached ({type(exc).__name__})"
+
+
+async def start_scheduled_syncs(runtime: WorkerRuntime, now: datetime | None = None) -> int:
+    """Queue the syncs whose schedule is due (one tick; a missed tick is caught up once)."""
+    now = now or utcnow()
+    started = 0
+    for tenant_id, connection_id in await syncs.due(runtime.db, now):
+        run_id = await syncs.start_scheduled(runtime.db, tenant_id, connection_id, now)
+        if run_id is not None:
+            await runtime.enqueue_run(runs.SYNC, tenant_id, run_id)
+            started += 1
+    return started
