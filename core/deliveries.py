@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -63,6 +65,8 @@ SUCCESS, HTTP_ERROR, TIMEOUT, CONNECTION_ERROR, ADDRESS_REFUSED, ENDPOINT_DISABL
 MAX_ERROR_LENGTH = 500
 
 D = WebhookDelivery
+# The variant nibble of RFC 9562 (10xx) for each random hex digit.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,16 +161,18 @@ class Recorded:
 
 RAW_DELIVERIES = table("webhook_deliveries", *(column(c.name) for c in WebhookDelivery.__table__.c))
 RAW_ATTEMPTS = table("webhook_attempts", *(column(c.name) for c in WebhookAttempt.__table__.c))
-_EVENTS = OutboxEvent.__table__
+RAW_EVENTS = table("outbox_events", *(column(c.name) for c in OutboxEvent.__table__.c))
+# An event as the hot path reads it: its timestamps as the driver gives them (SQLite's
+# text, or a datetime), its payload as the JSON text the database holds.
 EVENT_COLUMNS = (
-    _EVENTS.c.id,
-    _EVENTS.c.tenant_id,
-    _EVENTS.c.event_type,
-    _EVENTS.c.resource_type,
-    _EVENTS.c.resource_id,
-    cast(_EVENTS.c.payload, Text).label("payload"),
-    _EVENTS.c.occurred_at,
-    _EVENTS.c.created_at,
+    RAW_EVENTS.c.id,
+    RAW_EVENTS.c.tenant_id,
+    RAW_EVENTS.c.event_type,
+    RAW_EVENTS.c.resource_type,
+    RAW_EVENTS.c.resource_id,
+    cast(RAW_EVENTS.c.payload, Text).label("payload"),
+    RAW_EVENTS.c.occurred_at,
+    RAW_EVENTS.c.created_at,
 )
 
 Stamp = Callable[[datetime | None], Any]
@@ -190,22 +196,34 @@ def stamper(db: Database) -> Stamp:
 
 
 def new_ids(count: int) -> list[str]:
-    """`count` random (version 4) UUIDs, from one read of the OS's random source."""
-    raw = bytearray(os.urandom(16 * count))
-    ids = []
-    for i in range(0, 16 * count, 16):
-        raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40
-        raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80
-        h = raw[i : i + 16].hex()
-        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    """`count` time-ordered (version 7) UUIDs, in ascending order, from one read of the
+    OS's random source. Delivery and attempt rows are keyed by them: rows written together
+    share the pages at the end of each index, where random keys would dirty a page apiece."""
+    millis = f"{time.time_ns() // 1_000_000:012x}"
+    head = f"{millis[:8]}-{millis[8:]}-7"
+    h = os.urandom(10 * count).hex()
+    ids = [
+        f"{head}{h[i : i + 3]}-{_VARIANT[h[i + 3]]}{h[i + 4 : i + 7]}-{h[i + 7 : i + 19]}" for i in range(0, 20 * count, 20)
+    ]
+    ids.sort()
     return ids
 
 
-def _iso(value: datetime) -> str:
-    """`core.jsonable.iso` without strftime (slower; this runs once per delivery)."""
+def _iso(value: datetime | str) -> str:
+    """`core.jsonable.iso` of a timestamp as the driver gives it: SQLite's text
+    (`2026-11-22 10:00:00.000000`, always with microseconds) or an aware datetime."""
+    if isinstance(value, str):
+        return value.replace(" ", "T", 1) + "Z"
     if value.utcoffset():
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def read_time(value: datetime | str) -> datetime:
+    """A timestamp as the driver gives it, as an aware datetime."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def envelope_body(event: Any) -> bytes:
@@ -224,8 +242,11 @@ def envelope_body(event: Any) -> bytes:
     return head[:-1] + b',"payload":' + event.payload.encode() + b"}"
 
 
-def _truncate(text: str | None, limit: int = MAX_ERROR_LENGTH) -> str | None:
-    return None if text is None else text[:limit]
+async def read_events(session: AsyncSession, ids: Collection[str]) -> dict[str, Any]:
+    """Events by id, as rows of `EVENT_COLUMNS` (any tenant's)."""
+    connection = await session.connection()
+    stmt = select(*EVENT_COLUMNS).where(RAW_EVENTS.c.id.in_(bindparam("ids", expanding=True)))
+    return {e.id: e for e in await connection.execute(stmt, {"ids": list(ids)})}
 
 
 # --- what workers do
@@ -262,10 +283,33 @@ def target_of(vault: Vault, endpoint: WebhookEndpoint, now: datetime) -> Target:
 # Written out, not bound: the planner uses the partial index only when the query says its
 # condition literally.
 _IS_PENDING = D.status == literal_column(f"'{PENDING}'")
+_R = RAW_DELIVERIES
+# A leased delivery's `next_attempt_at` is its lease's end (when it is due again should
+# its worker die), so the due index's range holds only deliveries no worker holds: a
+# claim reads no leased rows to skip them.
+_DUE = and_(
+    _R.c.status == literal_column(f"'{PENDING}'"),
+    _R.c.next_attempt_at <= bindparam("now"),
+    or_(_R.c.lease_until.is_(None), _R.c.lease_until < bindparam("now")),
+)
+_CLAIMED = (_R.c.id, _R.c.tenant_id, _R.c.endpoint_id, _R.c.event_id, _R.c.event_type, _R.c.attempts, _R.c.total_attempts)
 
 
-def _due_now(now: datetime) -> Any:
-    return and_(_IS_PENDING, D.next_attempt_at <= now, or_(D.lease_until.is_(None), D.lease_until < now))
+def _due(exclude: bool) -> Any:
+    return and_(_DUE, _R.c.endpoint_id.not_in(bindparam("exclude", expanding=True))) if exclude else _DUE
+
+
+_PROBES = {flag: select(_R.c.id).where(_due(flag)).limit(1) for flag in (False, True)}
+
+
+def _claim(exclude: bool, limit: int) -> Any:
+    chosen = select(_R.c.id).where(_due(exclude)).order_by(_R.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
+    return (
+        update(_R)
+        .where(_R.c.id.in_(chosen.scalar_subquery()))
+        .values(lease_until=bindparam("lease"), lease_owner=bindparam("owner"), next_attempt_at=bindparam("lease"))
+        .returning(*_CLAIMED)
+    )
 
 
 async def claim_due(
@@ -274,66 +318,60 @@ async def claim_due(
     """Lease up to `limit` due deliveries (retries, and those no worker holds) to `owner`.
     Several workers claim at once safely: rows locked by another are skipped."""
     now = utcnow()
-    condition = _due_now(now)
+    stamp = stamper(db)
+    params: dict[str, Any] = {"now": stamp(now)}
     if exclude:
-        condition = and_(condition, D.endpoint_id.not_in(list(exclude)))
+        params["exclude"] = list(exclude)
     # A cheap read first, so an idle sweep never takes the (SQLite) write lock.
     async with db.read(None) as session:
-        probe = select(D.id).where(condition).limit(1).execution_options(cross_tenant=True)
-        if (await session.execute(probe)).first() is None:
+        connection = await session.connection()
+        if (await connection.execute(_PROBES[bool(exclude)], params)).first() is None:
             return []
     async with db.write(None) as session:
-        chosen = (
-            select(D.id).where(condition).order_by(D.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(D)
-            .where(D.id.in_(chosen.scalar_subquery()))
-            .values(lease_until=now + timedelta(seconds=lease_seconds), lease_owner=owner)
-            .returning(D.id, D.tenant_id, D.endpoint_id, D.event_id, D.event_type, D.attempts, D.total_attempts)
-            .execution_options(cross_tenant=True, synchronize_session=False)
-        )
-        claimed = list(await session.execute(stmt))
+        connection = await session.connection()
+        params.update(lease=stamp(now + timedelta(seconds=lease_seconds)), owner=owner)
+        claimed = list(await connection.execute(_claim(bool(exclude), limit), params))
         if not claimed:
             return []
-        events_stmt = (
-            select(*EVENT_COLUMNS)
-            .where(_EVENTS.c.id.in_({row.event_id for row in claimed}))
-            .execution_options(cross_tenant=True)
-        )
-        events = {e.id: e for e in await session.execute(events_stmt)}
+        events = await read_events(session, {row.event_id for row in claimed})
     due = []
     for row in claimed:
         event = events.get(row.event_id)
         if event is not None:
             body = envelope_body(event)
             due.append(
-                Due(row.id, row.tenant_id, row.endpoint_id, row.event_id, row.event_type, row.attempts, row.total_attempts, body, event.created_at)
+                Due(row.id, row.tenant_id, row.endpoint_id, row.event_id, row.event_type, row.attempts, row.total_attempts, body, read_time(event.created_at))
             )
     return due
 
 
 class DriverStatement:
     """A statement compiled once per dialect and run as one executemany straight on the
-    driver, with each row's values in the compiled order (no per-value processing)."""
+    driver (no per-value processing). Rows are tuples of the values of `binds`, in that
+    order, as the driver takes them."""
 
-    def __init__(self, build: Callable[[str], Any]) -> None:
+    def __init__(self, build: Callable[[str], Any], binds: Sequence[str]) -> None:
         self._build = build
-        self._compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._binds = tuple(binds)
+        self._compiled: dict[str, tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]] = {}
 
-    def _sql(self, dialect: Any) -> tuple[str, tuple[str, ...]]:
+    def _sql(self, dialect: Any) -> tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]:
         found = self._compiled.get(dialect.name)
         if found is None:
             compiled = self._build(dialect.name).compile(dialect=dialect)
-            found = self._compiled[dialect.name] = (str(compiled), tuple(compiled.positiontup or ()))
+            order = tuple(compiled.positiontup or ())
+            if sorted(order) != sorted(self._binds):
+                raise ValueError(f"the statement binds {order}, not {self._binds}")
+            pick = None if order == self._binds else itemgetter(*(self._binds.index(name) for name in order))
+            found = self._compiled[dialect.name] = (str(compiled), pick)
         return found
 
-    async def executemany(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    async def executemany(self, session: AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
         connection = await session.connection()
-        sql, order = self._sql(connection.dialect)
-        await connection.exec_driver_sql(sql, [tuple(row[name] for name in order) for row in rows])
+        sql, pick = self._sql(connection.dialect)
+        await connection.exec_driver_sql(sql, list(rows) if pick is None else [pick(row) for row in rows])
 
 
 def _binds(columns: Sequence[str]) -> dict[str, Any]:
@@ -363,15 +401,18 @@ RAW_ENDPOINTS = table("webhook_endpoints", column("id"), column("failing_since")
 MARK_FAILING = DriverStatement(
     lambda dialect: update(RAW_ENDPOINTS)
     .where(RAW_ENDPOINTS.c.id == bindparam("b_id"), RAW_ENDPOINTS.c.failing_since.is_(None))
-    .values(failing_since=bindparam("b_now"), version=literal_column("version + 1"))
+    .values(failing_since=bindparam("b_now"), version=literal_column("version + 1")),
+    ("b_id", "b_now"),
 )
 MARK_RECOVERED = DriverStatement(
     lambda dialect: update(RAW_ENDPOINTS)
     .where(RAW_ENDPOINTS.c.id == bindparam("b_id"), RAW_ENDPOINTS.c.failing_since.is_not(None))
-    .values(failing_since=null(), version=literal_column("version + 1"))
+    .values(failing_since=null(), version=literal_column("version + 1")),
+    ("b_id",),
 )
-INSERT_DELIVERIES = DriverStatement(_insert_deliveries)
-INSERT_ATTEMPTS = DriverStatement(lambda dialect: insert(RAW_ATTEMPTS).values(_binds(ATTEMPT_COLUMNS)))
+INSERT_DELIVERIES = DriverStatement(_insert_deliveries, DELIVERY_COLUMNS)
+INSERT_ATTEMPTS = DriverStatement(lambda dialect: insert(RAW_ATTEMPTS).values(_binds(ATTEMPT_COLUMNS)), ATTEMPT_COLUMNS)
+FINISH_COLUMNS = ("b_id", "b_status", "b_attempts", "b_total", "b_next", "b_code", "b_error", "b_started", "b_now", "b_completed")
 FINISH_DELIVERIES = DriverStatement(
     lambda dialect: update(RAW_DELIVERIES)
     .where(RAW_DELIVERIES.c.id == bindparam("b_id"))
@@ -387,7 +428,8 @@ FINISH_DELIVERIES = DriverStatement(
         last_attempt_at=bindparam("b_started"),
         updated_at=bindparam("b_now"),
         completed_at=bindparam("b_completed"),
-    )
+    ),
+    FINISH_COLUMNS,
 )
 
 
@@ -398,7 +440,7 @@ async def release(db: Database, owner: str) -> int:
         result = await session.execute(
             update(D)
             .where(_IS_PENDING, D.lease_owner == owner)
-            .values(lease_until=None, lease_owner=None)
+            .values(lease_until=None, lease_owner=None, next_attempt_at=utcnow())
             .execution_options(cross_tenant=True, synchronize_session=False)
         )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
@@ -415,8 +457,8 @@ async def record(
     now = utcnow()
     stamp = stamper(db)
     now_stamp = stamp(now)
-    attempts: list[dict[str, Any]] = []
-    changes: list[dict[str, Any]] = []
+    attempts: list[tuple[Any, ...]] = []
+    changes: list[tuple[Any, ...]] = []
     # The last outcome per endpoint decides whether it is failing.
     endpoint_ok: dict[str, bool] = {}
     tenants: dict[str, str] = {}
@@ -442,36 +484,19 @@ async def record(
             tenants[due.endpoint_id] = due.tenant_id
         if r.gone:
             out.disable.append((due.tenant_id, due.endpoint_id, webhooks.GONE, "The endpoint answered 410 Gone"))
+        started = stamp(r.started_at)
+        next_stamp = stamp(next_at)
+        error = None if r.error is None else r.error[:MAX_ERROR_LENGTH]
+        number = due.total_attempts + 1
+        # In ATTEMPT_COLUMNS' order, and FINISH_COLUMNS'.
         attempts.append(
-            {
-                "id": attempt_id,
-                "tenant_id": due.tenant_id,
-                "delivery_id": due.id,
-                "endpoint_id": due.endpoint_id,
-                "number": due.total_attempts + 1,
-                "started_at": (started := stamp(r.started_at)),
-                "duration_ms": round(r.duration_ms, 3),
-                "status_code": r.status_code,
-                "outcome": r.outcome,
-                "error": _truncate(r.error),
-                "response_excerpt": r.excerpt,
-                "next_attempt_at": (next_stamp := stamp(next_at)),
-            }
-        )
+            (attempt_id, due.tenant_id, due.id, due.endpoint_id, number, started, round(r.duration_ms, 3), r.status_code,
+             r.outcome, error, r.excerpt, next_stamp)
+        )  # fmt: skip
         changes.append(
-            {
-                "b_id": due.id,
-                "b_status": status,
-                "b_attempts": made,
-                "b_total": due.total_attempts + 1,
-                "b_next": next_stamp,
-                "b_code": r.status_code,
-                "b_error": _truncate(r.error),
-                "b_started": started,
-                "b_now": now_stamp,
-                "b_completed": None if status == PENDING else now_stamp,
-            }
-        )
+            (due.id, status, made, number, next_stamp, r.status_code, error, started, now_stamp,
+             None if status == PENDING else now_stamp)
+        )  # fmt: skip
     try:
         await _write(db, attempts, changes, endpoint_ok, now_stamp, alive_only=False)
     except IntegrityError:
@@ -494,8 +519,8 @@ async def record(
 
 async def _write(
     db: Database,
-    attempts: list[dict[str, Any]],
-    changes: list[dict[str, Any]],
+    attempts: list[tuple[Any, ...]],
+    changes: list[tuple[Any, ...]],
     endpoint_ok: dict[str, bool],
     now: Any,
     *,
@@ -503,15 +528,15 @@ async def _write(
 ) -> None:
     async with db.write(None) as session:
         if alive_only:
-            ids = [c["b_id"] for c in changes]
+            ids = [c[0] for c in changes]
             alive_stmt = select(D.id).where(D.id.in_(ids)).execution_options(cross_tenant=True)
             alive = set((await session.execute(alive_stmt)).scalars())
-            attempts = [a for a in attempts if a["delivery_id"] in alive]
-            changes = [c for c in changes if c["b_id"] in alive]
+            attempts = [a for a in attempts if a[2] in alive]
+            changes = [c for c in changes if c[0] in alive]
         await INSERT_ATTEMPTS.executemany(session, attempts)
         await FINISH_DELIVERIES.executemany(session, changes)
-        await MARK_FAILING.executemany(session, [{"b_id": e, "b_now": now} for e, ok in endpoint_ok.items() if not ok])
-        await MARK_RECOVERED.executemany(session, [{"b_id": e} for e, ok in endpoint_ok.items() if ok])
+        await MARK_FAILING.executemany(session, [(e, now) for e, ok in endpoint_ok.items() if not ok])
+        await MARK_RECOVERED.executemany(session, [(e,) for e, ok in endpoint_ok.items() if ok])
 
 
 # --- what callers see

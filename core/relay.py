@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from core import webhooks
 from core.db import Database
@@ -24,15 +24,31 @@ from core.deliveries import (
     EVENT_COLUMNS,
     INSERT_DELIVERIES,
     PENDING,
+    RAW_EVENTS,
     Due,
     Target,
     envelope_body,
     new_ids,
+    read_time,
     stamper,
     target_of,
 )
-from core.models import OutboxEvent, WebhookEndpoint, utcnow
+from core.models import WebhookEndpoint, utcnow
 from core.vault import Vault
+
+# The oldest unpublished events; on PostgreSQL, those no other relay holds.
+_NEXT_EVENTS = (
+    select(*EVENT_COLUMNS)
+    .where(RAW_EVENTS.c.published_at.is_(None))
+    .order_by(RAW_EVENTS.c.created_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_PUBLISH = (
+    update(RAW_EVENTS)
+    .where(RAW_EVENTS.c.id.in_(bindparam("ids", expanding=True)))
+    .values(published_at=bindparam("now"))
+)
 
 
 @dataclass(slots=True)
@@ -45,11 +61,14 @@ class RelayBatch:
 
 
 def _subscribers(event: Any, endpoints: list[WebhookEndpoint]) -> list[WebhookEndpoint]:
+    if not endpoints:
+        return endpoints
     if event.event_type == webhooks.TEST_EVENT:
         return [e for e in endpoints if e.id == event.resource_id]
     # An endpoint gets the events that happened after it was created: not those before,
     # nor its own creation.
-    return [e for e in endpoints if event.occurred_at > e.created_at and webhooks.matches(e.event_types, event.event_type)]
+    occurred_at = read_time(event.occurred_at)
+    return [e for e in endpoints if occurred_at > e.created_at and webhooks.matches(e.event_types, event.event_type)]
 
 
 async def relay_batch(
@@ -69,15 +88,8 @@ async def relay_batch(
     stamp = stamper(db)
     now_stamp, lease_stamp = stamp(now), stamp(lease_until)
     async with db.write(None) as session:
-        stmt = (
-            select(*EVENT_COLUMNS)
-            .where(OutboxEvent.__table__.c.published_at.is_(None))
-            .order_by(OutboxEvent.__table__.c.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .execution_options(cross_tenant=True)
-        )
-        events = list(await session.execute(stmt))
+        connection = await session.connection()
+        events = list(await connection.execute(_NEXT_EVENTS, {"limit": limit}))
         if not events:
             return out
         out.events = len(events)
@@ -90,45 +102,33 @@ async def relay_batch(
         for endpoint in (await session.execute(endpoints_stmt)).scalars():
             by_tenant[endpoint.tenant_id].append(endpoint)
         pairs = [(e, endpoint) for e in events for endpoint in _subscribers(e, by_tenant.get(e.tenant_id, []))]
-        rows: list[dict[str, Any]] = []
-        bodies: dict[str, tuple[bytes, Any]] = {}
+        rows: list[tuple[Any, ...]] = []
+        leased: list[Due] = []
+        bodies: dict[str, bytes] = {}
         used: dict[str, WebhookEndpoint] = {}
         for (event, endpoint), delivery_id in zip(pairs, new_ids(len(pairs)), strict=True):
-            leased = accept(endpoint.id)
-            rows.append(
-                {
-                    "id": delivery_id,
-                    "tenant_id": event.tenant_id,
-                    "endpoint_id": endpoint.id,
-                    "event_id": event.id,
-                    "event_type": event.event_type,
-                    "status": PENDING,
-                    "attempts": 0,
-                    "total_attempts": 0,
-                    "next_attempt_at": now_stamp,
-                    "lease_until": lease_stamp if leased else None,
-                    "lease_owner": owner if leased else None,
-                    "created_at": now_stamp,
-                    "updated_at": now_stamp,
-                }
-            )
-            if leased:
-                if event.id not in bodies:
-                    bodies[event.id] = (envelope_body(event), event)
+            if accept(endpoint.id):
+                # Leased: due again when the lease ends (see `core.deliveries`).
+                rows.append(
+                    (delivery_id, event.tenant_id, endpoint.id, event.id, event.event_type, PENDING, 0, 0,
+                     lease_stamp, lease_stamp, owner, now_stamp, now_stamp)
+                )  # fmt: skip
+                body = bodies.get(event.id)
+                if body is None:
+                    body = bodies[event.id] = envelope_body(event)
+                leased.append(
+                    Due(delivery_id, event.tenant_id, endpoint.id, event.id, event.event_type, 0, 0, body, read_time(event.created_at))
+                )
                 used[endpoint.id] = endpoint
+            else:
+                rows.append(
+                    (delivery_id, event.tenant_id, endpoint.id, event.id, event.event_type, PENDING, 0, 0,
+                     now_stamp, None, None, now_stamp, now_stamp)
+                )  # fmt: skip
+        # In DELIVERY_COLUMNS' order.
         await INSERT_DELIVERIES.executemany(session, rows)
-        await session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.id.in_([e.id for e in events]))
-            .values(published_at=now)
-            .execution_options(cross_tenant=True, synchronize_session=False)
-        )
+        await connection.execute(_PUBLISH, {"ids": [e.id for e in events], "now": now_stamp})
     out.deliveries = len(rows)
+    out.leased = leased
     out.targets = {endpoint_id: target_of(vault, endpoint, now) for endpoint_id, endpoint in used.items()}
-    for row in rows:
-        if row["lease_owner"] is not None:
-            body, event = bodies[row["event_id"]]
-            out.leased.append(
-                Due(row["id"], row["tenant_id"], row["endpoint_id"], row["event_id"], row["event_type"], 0, 0, body, event.created_at)
-            )
     return out
