@@ -9,15 +9,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import DriverStatement, raw_table
 from core.identity import Principal
+from core.ids import new_id
 from core.jsonable import dumps, iso, normalise
-from core.models import AuditEvent, AuditHead, new_id
+from core.models import AuditEvent, AuditHead
 
 GENESIS_HASH = "0" * 64
 _VERIFY_CHUNK = 1000
+_INSERT_EVENTS = DriverStatement(
+    insert(raw_table(AuditEvent)).values({c.name: bindparam(c.name) for c in AuditEvent.__table__.columns})
+)
 
 
 def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
@@ -29,7 +34,8 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[st
     return {"before": {k: before.get(k) for k in keys}, "after": {k: after.get(k) for k in keys}}
 
 
-def event_hash(prev_hash: str, row: dict[str, Any]) -> str:
+def event_hash(prev_hash: str, row: dict[str, Any], *, occurred_at: str | None = None) -> str:
+    """The event's hash; `occurred_at`, when given, is `iso(row["occurred_at"])` already."""
     material = {
         "id": row["id"],
         "tenant_id": row["tenant_id"],
@@ -43,7 +49,7 @@ def event_hash(prev_hash: str, row: dict[str, Any]) -> str:
         "changes": row["changes"],
         "request_id": row["request_id"],
         "idempotency_key": row["idempotency_key"],
-        "occurred_at": iso(row["occurred_at"]),
+        "occurred_at": iso(row["occurred_at"]) if occurred_at is None else occurred_at,
         "prev_hash": prev_hash,
     }
     return hashlib.sha256(dumps(material, sort_keys=True)).hexdigest()
@@ -63,6 +69,10 @@ class AuditTrail:
         self._seq = head.seq
         self._hash = head.hash
         self._pending: list[dict[str, Any]] = []
+        # The events of a transaction mostly share one actor and one timestamp: what is
+        # derived from them is worked out once.
+        self._occurred_at: tuple[datetime, str] | None = None
+        self._actor: tuple[Principal, list[str]] | None = None
 
     @classmethod
     async def begin(cls, session: AsyncSession) -> AuditTrail:
@@ -83,6 +93,10 @@ class AuditTrail:
         occurred_at: datetime,
     ) -> None:
         self._seq += 1
+        if self._actor is None or self._actor[0] is not principal:
+            self._actor = (principal, principal.sorted_roles)
+        if self._occurred_at is None or self._occurred_at[0] != occurred_at:
+            self._occurred_at = (occurred_at, iso(occurred_at))
         row = {
             "id": new_id(),
             "tenant_id": principal.tenant_id,
@@ -90,7 +104,7 @@ class AuditTrail:
             "event_type": event_type,
             "actor_kind": principal.actor_kind,
             "actor_id": principal.actor_id,
-            "actor_roles": principal.sorted_roles,
+            "actor_roles": self._actor[1],
             "resource_type": resource_type,
             "resource_id": resource_id,
             "changes": normalise(changes),
@@ -99,7 +113,7 @@ class AuditTrail:
             "occurred_at": occurred_at,
             "prev_hash": self._hash,
         }
-        row["hash"] = self._hash = event_hash(self._hash, row)
+        row["hash"] = self._hash = event_hash(self._hash, row, occurred_at=self._occurred_at[1])
         self._pending.append(row)
 
     @property
@@ -110,7 +124,7 @@ class AuditTrail:
     async def flush(self) -> None:
         if not self._pending:
             return
-        await self._session.execute(insert(AuditEvent), self._pending)
+        await _INSERT_EVENTS.executemany(self._session, self._pending)
         await self._session.execute(
             update(AuditHead)
             .where(AuditHead.id == self._head_id)
@@ -130,7 +144,7 @@ class Verification:
 
 
 def _as_row(event: AuditEvent) -> dict[str, Any]:
-    return {c: getattr(event, c) for c in AuditEvent.__table__.columns.keys()}
+    return {c.name: getattr(event, c.name) for c in AuditEvent.__table__.columns}
 
 
 async def verify(session: AsyncSession) -> Verification:

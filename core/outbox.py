@@ -5,11 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.jsonable import iso, normalise
-from core.models import OutboxEvent, new_id, utcnow
+from core.db import DriverStatement, raw_table
+from core.ids import new_id
+from core.jsonable import dumps, iso
+from core.models import OutboxEvent, utcnow
+
+_INSERT_EVENTS = DriverStatement(
+    insert(raw_table(OutboxEvent)).values({c.name: bindparam(c.name) for c in OutboxEvent.__table__.columns})
+)
 
 
 class Outbox:
@@ -39,7 +45,8 @@ class Outbox:
                 "event_type": event_type,
                 "resource_type": resource_type,
                 "resource_id": resource_id,
-                "payload": normalise(payload),
+                # As the JSON column stores it (what `normalise` would give, as text).
+                "payload": dumps(payload).decode(),
                 "occurred_at": occurred_at,
                 "created_at": utcnow(),
                 "published_at": None,
@@ -49,7 +56,7 @@ class Outbox:
 
     async def flush(self) -> None:
         if self._pending:
-            await self._session.execute(insert(OutboxEvent), self._pending)
+            await _INSERT_EVENTS.executemany(self._session, self._pending)
             self.written += len(self._pending)
             self._pending = []
 
