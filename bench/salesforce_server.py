@@ -20,7 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -146,6 +149,20 @@ async def serve(org: Org, port: int) -> None:
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     print(f"http://127.0.0.1:{bound}", flush=True)
     await asyncio.Event().wait()
+
+
+@contextmanager
+def running(**options: Any) -> Iterator[str]:
+    """This server in a process of its own, with `options` (`records=`, `page_size=`...);
+    yields its base URL, the `instance_url` to put in a connection's token."""
+    args = [sys.executable, __file__, *(f"--{k.replace('_', '-')}={v}" for k, v in options.items())]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def main(argv: list[str] | None = None) -> None:

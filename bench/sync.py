@@ -33,30 +33,15 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import salesforce_server  # noqa: E402
 from bench._harness import pg_database, reachable  # noqa: E402
 
-SERVER = Path(__file__).resolve().parent / "salesforce_server.py"
 TOKEN = "00Dbench!local.access.token"
 API_VERSION = "62.0"
 BARE_TABLE = """CREATE TABLE bare_deals (
     id VARCHAR(36) PRIMARY KEY, external_id VARCHAR(255) UNIQUE, name VARCHAR(300), stage VARCHAR(64),
     amount NUMERIC(20, 4), close_date VARCHAR(10), company VARCHAR(300), owner VARCHAR(200),
     attributes TEXT, updated_at VARCHAR(40))"""
-
-
-@contextmanager
-def salesforce(records: int, page_size: int) -> Any:
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVER), f"--records={records}", f"--page-size={page_size}", f"--token={TOKEN}"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def peak_rss_mb() -> float:
@@ -214,7 +199,7 @@ def run_backend(label: str, database: Any, args: argparse.Namespace, redis_url: 
     """`database(data_dir)` gives a fresh database URL per measurement."""
     results = []
     for records in args.records:
-        with salesforce(records, args.page_size) as instance_url:
+        with salesforce_server.running(records=records, page_size=args.page_size, token=TOKEN) as instance_url:
             with TemporaryDirectory() as d1, database(d1, "bare") as bare_url:
                 baseline = measure("baseline", instance_url, bare_url, d1, redis_url, None)
             with TemporaryDirectory() as d2, database(d2, "hub") as hub_url:

@@ -816,7 +816,9 @@ async def start_sync(
 
     async def action(m: Mutation) -> WriteOutcome:
         connection = await connections.get(m.session, connection_id)
-        connector_class(state, connection.connector_key)
+        cls = connector_class(state, connection.connector_key)
+        if _ready_status(cls, await credentials.find(m.session, connection_id)) == ConnectionStatus.AUTH_ERROR:
+            raise Conflict(f"The connection is not authorized; POST /api/v1/connections/{connection_id}/oauth/start")
         run = await syncs.start(m, connection_id, mode=mode)
         queued.append(run.id)
         return WriteOutcome(202, run_out(run), {"Location": f"/api/v1/runs/{run.id}"})

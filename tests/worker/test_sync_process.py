@@ -6,16 +6,12 @@ stand-in of bench/salesforce_server.py, in a process of its own."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from bench import salesforce_server
 from core.changes import ChangeContext, mutation
 from core.connections import store_token
 from core.identity import Principal
@@ -25,21 +21,8 @@ from tests.hub.integration_fixtures import create_connection
 from tests.worker.conftest import wait_for
 from tests.worker.test_worker_process import hub_worker, worker_env
 
-SERVER = Path(__file__).resolve().parents[2] / "bench" / "salesforce_server.py"
 RECORDS, PAGE, DELETED = 6000, 250, 40
 TOKEN = "00Dtest!sync.process.access.token"
-
-
-@contextmanager
-def salesforce(**options: Any) -> Iterator[str]:
-    args = [sys.executable, str(SERVER), *(f"--{k.replace('_', '-')}={v}" for k, v in options.items())]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.slow
@@ -47,7 +30,7 @@ async def test_a_sync_killed_with_its_worker_resumes_and_ends_with_exactly_the_p
     client, app, settings, db, tenant
 ):
     connection = await create_connection(client, tenant, "salesforce", name="process sync", config={})
-    with salesforce(records=RECORDS, page_size=PAGE, deleted=DELETED, page_delay=0.08, token=TOKEN) as instance_url:
+    with salesforce_server.running(records=RECORDS, page_size=PAGE, deleted=DELETED, page_delay=0.08, token=TOKEN) as instance_url:
         context = ChangeContext(Principal(tenant.id, "user", "test", frozenset({Role.ADMIN})))
         async with mutation(db, context) as m:
             await store_token(

@@ -21,6 +21,7 @@ from tests.hub.integration_fixtures import (  # noqa: F401 - fixtures
     SF_TOKEN_URL,
     audit_trail,
     authorize_salesforce,
+    create_connection,
     fast_provider_calls,
     host,
     outbox,
@@ -128,3 +129,9 @@ async def test_a_provider_timeout_pauses_the_sync(client, tenant, provider, sale
     paused = await wait_for(lambda: paused_run(client, tenant, run["id"]), timeout=20)
     assert paused["status"] == "queued" and paused["error"]["code"] == "PROVIDER_UNAVAILABLE"
 
+
+
+async def test_an_unauthorized_connection_cannot_start_a_sync(client, tenant, provider, salesforce_client):
+    connection = await create_connection(client, tenant, "salesforce", name="not yet", config={})
+    r = await client.post(f"/api/v1/connections/{connection['id']}/syncs", headers=tenant.headers(Role.ADMIN))
+    assert r.status_code == 409 and "oauth/start" in r.json()["detail"]
