@@ -62,7 +62,8 @@ async def create_chain(session: AsyncSession, tenant_id: str) -> None:
 class AuditTrail:
     """The audit events of one transaction, chained onto the tenant's locked head."""
 
-    def __init__(self, session: AsyncSession, head: AuditHead) -> None:
+    def __init__(self, session: AsyncSession, head: Any) -> None:
+        """`head`: the locked chain head's id, seq and hash."""
         self._session = session
         self._head_id = head.id
         self._start_seq = head.seq
@@ -77,7 +78,7 @@ class AuditTrail:
     @classmethod
     async def begin(cls, session: AsyncSession) -> AuditTrail:
         """Lock the session tenant's chain head for this transaction."""
-        head = (await session.execute(select(AuditHead).with_for_update())).scalar_one()
+        head = (await session.execute(select(AuditHead.id, AuditHead.seq, AuditHead.hash).with_for_update())).one()
         return cls(session, head)
 
     def record(

@@ -38,9 +38,15 @@ class TenantScopeMissing(RuntimeError):
 
 
 def _tenant_table_names() -> frozenset[str]:
-    return frozenset(
-        m.local_table.name for m in Base.registry.mappers if issubclass(m.class_, TenantOwned)
-    )
+    # Worked out again only when a model is added: this runs for every ORM statement.
+    mappers = Base.registry.mappers
+    if _TENANT_TABLES[0] != len(mappers):
+        names = frozenset(m.local_table.name for m in mappers if issubclass(m.class_, TenantOwned))
+        _TENANT_TABLES[:] = [len(mappers), names]
+    return _TENANT_TABLES[1]  # type: ignore[no-any-return]
+
+
+_TENANT_TABLES: list[object] = [-1, frozenset()]
 
 
 def _touches_tenant_rows(state: ORMExecuteState) -> bool:

@@ -348,7 +348,19 @@ class UpsertOutcome:
     version: int
 
 
-_LOADED_COLUMNS = tuple(getattr(Deal, c) for c in ("id", *_WRITTEN_COLUMNS, "created_at"))
+# The upsert's lookups, built once (building a statement costs more than running a cached one).
+_DEALS_OF_REFS = select(DealRef.external_id, DealRef.deal_id).where(
+    DealRef.system == bindparam("system"), DealRef.external_id.in_(bindparam("external_ids", expanding=True))
+)
+_DEALS_BY_ID = select(*(getattr(Deal, c) for c in ("id", *_WRITTEN_COLUMNS, "created_at"))).where(
+    Deal.id.in_(bindparam("deal_ids", expanding=True))
+)
+# In the order of the ORM relationship `Deal.refs`.
+_REFS_OF_DEALS = (
+    select(DealRef.deal_id, DealRef.id, DealRef.system, DealRef.external_id, DealRef.created_at)
+    .where(DealRef.deal_id.in_(bindparam("deal_ids", expanding=True)))
+    .order_by(DealRef.created_at)
+)
 
 
 async def _load_by_refs(session: AsyncSession, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DealRow]:
@@ -361,22 +373,15 @@ async def _load_by_refs(session: AsyncSession, keys: Sequence[tuple[str, str]]) 
         by_system[system].add(external_id)
     deal_of: dict[tuple[str, str], str] = {}
     for system, ids in by_system.items():
-        stmt = select(DealRef.external_id, DealRef.deal_id).where(DealRef.system == system, DealRef.external_id.in_(ids))
-        for external_id, deal_id in await session.execute(stmt):
+        for external_id, deal_id in await session.execute(_DEALS_OF_REFS, {"system": system, "external_ids": list(ids)}):
             deal_of[(system, external_id)] = deal_id
     if not deal_of:
         return {}
-    deal_ids = set(deal_of.values())
+    deal_ids = {"deal_ids": list(set(deal_of.values()))}
     deals: dict[str, DealRow] = {}
-    for row in await session.execute(select(*_LOADED_COLUMNS).where(Deal.id.in_(deal_ids))):
+    for row in await session.execute(_DEALS_BY_ID, deal_ids):
         deals[row.id] = DealRow(**row._mapping, refs=[])
-    # In the order of the ORM relationship `Deal.refs`.
-    ref_stmt = (
-        select(DealRef.deal_id, DealRef.id, DealRef.system, DealRef.external_id, DealRef.created_at)
-        .where(DealRef.deal_id.in_(deal_ids))
-        .order_by(DealRef.created_at)
-    )
-    for deal_id, *ref in await session.execute(ref_stmt):
+    for deal_id, *ref in await session.execute(_REFS_OF_DEALS, deal_ids):
         deals[deal_id].refs.append(RefRow(*ref))
     return {key: deals[deal_id] for key, deal_id in deal_of.items()}
 

@@ -16,12 +16,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import DriverStatement, raw_table
 from core.errors import IdempotencyKeyReused, ValidationFailed
 from core.models import IdempotencyRecord, utcnow
 
 # Visible ASCII, as HTTP header values should be.
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
 _VALID_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_RECORDS = IdempotencyRecord.__table__
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +103,13 @@ async def claim_many(
             for c in pending
         ]
         insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+        # A Core statement on the table (the rows name their tenant): the ORM's INSERT
+        # costs more to prepare.
         stmt = (
-            insert(IdempotencyRecord)
+            insert(_RECORDS)
             .values(rows)
             .on_conflict_do_nothing(index_elements=["tenant_id", "actor", "key"])
-            .returning(IdempotencyRecord.actor, IdempotencyRecord.key)
+            .returning(_RECORDS.c.actor, _RECORDS.c.key)
         )
         return {(actor, key) for actor, key in await session.execute(stmt)}
 
@@ -131,30 +135,34 @@ async def claim(
     return (actor, key) in taken
 
 
+_RAW_RECORDS = raw_table(IdempotencyRecord)
+# One executemany on the driver; not scoped by the ORM, so the tenant is named here.
+_COMPLETE = DriverStatement(
+    update(_RAW_RECORDS)
+    .where(
+        _RAW_RECORDS.c.tenant_id == bindparam("b_tenant"),
+        _RAW_RECORDS.c.actor == bindparam("b_actor"),
+        _RAW_RECORDS.c.key == bindparam("b_key"),
+    )
+    .values(
+        status_code=bindparam("b_status"),
+        content_type=bindparam("b_type"),
+        body=bindparam("b_body"),
+        headers=bindparam("b_headers"),
+    )
+)
+
+
 async def complete_many(session: AsyncSession, responses: Sequence[tuple[str, str, StoredResponse]]) -> None:
     """Store the responses of claimed keys, given as (actor, key, response)."""
     if not responses:
         return
-    table = IdempotencyRecord.__table__
-    # A Core statement (one executemany), so the tenant is named here explicitly.
-    stmt = (
-        update(table)
-        .where(
-            table.c.tenant_id == session.info["tenant_id"],
-            table.c.actor == bindparam("b_actor"),
-            table.c.key == bindparam("b_key"),
-        )
-        .values(
-            status_code=bindparam("b_status"),
-            content_type=bindparam("b_type"),
-            body=bindparam("b_body"),
-            headers=bindparam("b_headers"),
-        )
-    )
-    await session.execute(
-        stmt,
+    tenant_id = session.info["tenant_id"]
+    await _COMPLETE.executemany(
+        session,
         [
             {
+                "b_tenant": tenant_id,
                 "b_actor": actor,
                 "b_key": key,
                 "b_status": r.status_code,

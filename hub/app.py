@@ -209,6 +209,9 @@ def create_app(settings: Settings | None = None, *, connector_registry: Connecto
         description="The integration layer between a deal team's platform and its CRMs, data rooms and enrichment providers.",
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        # The hub has its own metrics and logs; FastAPI's OpenTelemetry bridge cost a
+        # look at the environment per request even with no provider configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     for module in (health, identity, deals, audit, api_keys, connectors, connections, oauth, webhooks, runs):
         app.include_router(module.router)
