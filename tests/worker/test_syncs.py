@@ -232,7 +232,7 @@ async def test_an_unavailable_provider_pauses_the_sync_which_resumes_from_its_ch
 
     await patch_config(client, tenant, connection["id"], fail_on_page=None)  # the provider is back
     await asyncio.sleep(1.1)
-    assert await worker_jobs.requeue_unattended_runs(runtime) >= 1  # the sweep queues it once due
+    await worker_jobs.requeue_unattended_runs(runtime)  # the sweep queues it once due (or the worker's own tick did)
     done = await settle(client, tenant, run["id"])
     assert done["status"] == "succeeded" and done["error"] is None and done["resume_at"] is None
     assert done["tries"] == 2
@@ -254,7 +254,7 @@ async def test_a_sync_that_keeps_pausing_fails_with_an_event(client, db, tenant,
         paused = await wait_for(lambda: paused_run(client, tenant, run["id"], tries), timeout=20)
         assert paused["status"] == "queued"
         await asyncio.sleep(1.05)  # resume_at is rounded up to the second
-        assert await worker_jobs.requeue_unattended_runs(runtime) >= 1
+        await worker_jobs.requeue_unattended_runs(runtime)  # (or the worker's own tick did)
     failed = await settle(client, tenant, run["id"])
     assert failed["status"] == "failed" and failed["error"]["code"] == "PROVIDER_UNAVAILABLE" and failed["tries"] == 3
     events = await outbox(db, tenant.id, "sync.failed")
@@ -364,8 +364,8 @@ async def test_a_schedule_starts_syncs_and_skips_a_tick_while_one_is_active(clie
 
     # Due again while the first is still active: that tick is skipped, the schedule moves on.
     later = moved + timedelta(seconds=1)
-    await settle(client, tenant, run["id"], "running", *runs.FINISHED)
-    async with db.write(tenant.id) as session:
+    await settle(client, tenant, run["id"])
+    async with db.write(tenant.id) as session:  # as if it were still running
         await session.execute(update(Run).where(Run.id == run["id"]).values(status="running"))
     assert await worker_syncs.start_scheduled_syncs(runtime, later) == 0
     async with db.read(tenant.id) as session:
