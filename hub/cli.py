@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from core import apikeys, credentials, tenants
+from core import apikeys, credentials, tenants, webhooks
 from core.changes import ChangeContext, mutation
 from core.db import Database
 from core.errors import HubError
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     gen = vault_p.add_parser("generate-key", help="Print a new `kid:base64key` entry for HUB_VAULT_KEYS")
     gen.add_argument("--kid", default=None, help="Key id (default: random)")
     vault_p.add_parser(
-        "rotate", help="Re-encrypt every credential with the active (first) key of HUB_VAULT_KEYS"
+        "rotate", help="Re-encrypt every credential and webhook secret with the active (first) key of HUB_VAULT_KEYS"
     )
 
     openapi = sub.add_parser("openapi", help="Print the OpenAPI schema; check or refresh the contract snapshot")
@@ -111,9 +111,11 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 settings.vault_keys.get_secret_value() if settings.vault_keys else None, settings.vault_key_file
             ))  # fmt: skip
             report = await credentials.rotate(db, vault)
+            # Webhook signing secrets are sealed by the same vault.
+            endpoints = await webhooks.reseal_all(db, vault)
             print(
-                f"active key {report.active_key_id}: re-encrypted {report.credentials} credential(s) and "
-                f"{report.oauth_states} pending authorization(s)"
+                f"active key {report.active_key_id}: re-encrypted {report.credentials} credential(s), "
+                f"{report.oauth_states} pending authorization(s) and {endpoints} webhook secret(s)"
                 + (f"; {report.unreadable} record(s) could not be opened (see the log)" if report.unreadable else "")
             )
             return 1 if report.unreadable else 0

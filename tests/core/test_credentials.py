@@ -11,14 +11,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from core import connections, credentials, oauth_states, tenants
+from core import connections, credentials, oauth_states, tenants, webhooks
 from core.changes import ChangeContext, mutation
 from core.connections import ConnectionStatus
 from core.db import Database
 from core.errors import CredentialsUnreadable
 from core.identity import Principal
 from core.migrate import upgrade_to_head
-from core.models import ConnectionCredential, OAuthState
+from core.models import ConnectionCredential, OAuthState, WebhookEndpoint
 from core.roles import Role
 from core.vault import Vault, generate_key_line, parse_keyring
 from hub import cli
@@ -58,6 +58,7 @@ async def _seed(url: str, vault: Vault) -> tuple[Database, str, list[str]]:
             m, vault, ids[0], code_verifier="v" * 64, redirect_uri="http://hub.test/cb",
             expires_at=m.now + timedelta(minutes=10),
         )  # fmt: skip
+        await webhooks.create(m, vault, url="https://hooks.example.com/hub", event_types=["deal.*"])
     return db, tenant.id, ids
 
 
@@ -66,6 +67,7 @@ async def _key_ids(db: Database) -> set[str]:
         rows = [
             *(await session.execute(select(ConnectionCredential.key_id).execution_options(cross_tenant=True))).scalars(),
             *(await session.execute(select(OAuthState.key_id).execution_options(cross_tenant=True))).scalars(),
+            *(await session.execute(select(WebhookEndpoint.secret_key_id).execution_options(cross_tenant=True))).scalars(),
         ]
     return set(rows)
 
@@ -77,6 +79,7 @@ async def test_rotation_reseals_every_record_with_the_active_key(fresh_url):
         rotating = Vault(parse_keyring(f"{NEW},{OLD}"))
         report = await credentials.rotate(db, rotating)
         assert (report.active_key_id, report.credentials, report.oauth_states, report.unreadable) == ("new", 2, 1, 0)
+        assert await webhooks.reseal_all(db, rotating) == 1
         assert await _key_ids(db) == {"new"}
         # The old key can now leave the keyring: everything opens with the new one alone.
         only_new = Vault(parse_keyring(NEW))
@@ -84,7 +87,7 @@ async def test_rotation_reseals_every_record_with_the_active_key(fresh_url):
             found = [await credentials.load(session, only_new, cid) for cid in ids]
         assert [f.secrets["api_key"] for f in found if f] == API_KEYS
         again = await credentials.rotate(db, rotating)
-        assert (again.credentials, again.oauth_states) == (0, 0)
+        assert (again.credentials, again.oauth_states) == (0, 0) and await webhooks.reseal_all(db, rotating) == 0
     finally:
         await db.dispose()
 
@@ -137,7 +140,7 @@ def test_hub_vault_rotate_command(fresh_url, tmp_path, monkeypatch, capsys):
     try:
         assert cli.main(["vault", "rotate"]) == 0
         out = capsys.readouterr().out
-        assert "active key new: re-encrypted 2 credential(s) and 1 pending authorization(s)" in out
+        assert "active key new: re-encrypted 2 credential(s), 1 pending authorization(s) and 1 webhook secret(s)" in out
         assert NEW.split(":", 1)[1] not in out and OLD.split(":", 1)[1] not in out
 
         async def kids() -> set[str]:
