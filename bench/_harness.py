@@ -42,7 +42,7 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -50,9 +50,27 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+@dataclass(frozen=True)
+class Server:
+    """A running server: the first match of `key_pattern` in its output, and its pid."""
+
+    key: str | None
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far, all its threads
+        (not its children, e.g. an embedded Redis); NaN where /proc is missing."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def process(args: list[str], env: dict[str, str], *, ready_url: str, key_pattern: str | None = None) -> Iterator[str | None]:
-    """Run a server; yield the first match of `key_pattern` in its output (a printed key)."""
+def process(args: list[str], env: dict[str, str], *, ready_url: str, key_pattern: str | None = None) -> Iterator[Server]:
+    """Run a server until the block ends."""
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     found = None
     try:
@@ -71,7 +89,7 @@ def process(args: list[str], env: dict[str, str], *, ready_url: str, key_pattern
             import threading
 
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-        yield found
+        yield Server(found, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -86,6 +104,8 @@ class LoadResult:
     errors: int
     seconds: float
     latencies: list[float]
+    # The server's CPU seconds over the measured seconds, when known.
+    server_cpu: float = float("nan")
 
     @property
     def rps(self) -> float:
@@ -100,6 +120,7 @@ class LoadResult:
     def line(self, label: str) -> str:
         return (
             f"{label:<34} {self.rps:>9.0f} req/s   p50 {self.pct(0.50):>6.1f} ms   p99 {self.pct(0.99):>6.1f} ms"
+            f"   server CPU {self.server_cpu * 1e6 / max(self.requests, 1):>5.0f} us/request"
             f"   ({self.requests} requests, {self.errors} errors)"
         )
 
@@ -108,9 +129,16 @@ RequestFactory = Callable[[int, int], tuple[str, str, dict[str, str], Any]]
 
 
 async def drive(
-    base: str, make_request: RequestFactory, *, clients: int, seconds: float, warmup: float = 1.0
+    base: str,
+    make_request: RequestFactory,
+    *,
+    clients: int,
+    seconds: float,
+    warmup: float = 1.0,
+    server: Server | None = None,
 ) -> LoadResult:
-    """`clients` keep-alive connections, each sending requests back to back for `seconds`."""
+    """`clients` keep-alive connections, each sending requests back to back for `seconds`
+    (and the `server`'s CPU time over those seconds)."""
     latencies: list[float] = []
     counts = {"ok": 0, "err": 0}
     stop_at = 0.0
@@ -134,11 +162,13 @@ async def drive(
         stop_at = time.perf_counter() + warmup
         await asyncio.gather(*(client(w, session) for w in range(clients)))
         measuring = True
+        cpu_before = server.cpu_seconds() if server is not None else float("nan")
         started = time.perf_counter()
         stop_at = started + seconds
         await asyncio.gather(*(client(w + clients, session) for w in range(clients)))
         elapsed = time.perf_counter() - started
-    return LoadResult(counts["ok"] + counts["err"], counts["err"], elapsed, latencies)
+        cpu = (server.cpu_seconds() if server is not None else float("nan")) - cpu_before
+    return LoadResult(counts["ok"] + counts["err"], counts["err"], elapsed, latencies, cpu)
 
 
 def summary(values: list[float]) -> str:

@@ -7,7 +7,8 @@ one answers at 127.0.0.1:5432, on PostgreSQL too; 16 keep-alive clients send
 `PUT /api/v1/deals/by-ref/...` with an API key, an Idempotency-Key and a realistic
 deal body, 80% of them updates of existing deals. In the same run a bare FastAPI app
 answers `GET /ping` to the same clients. Prints requests/s, p50 and p99 of both and
-their ratio, then the batch upsert's records/s.
+their ratio, then the batch upsert's records/s; beside each, the server process's CPU
+time per request or record (all its threads; steadier than the rates on a shared machine).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import BIN, LoadResult, clean_env, drive, free_port, process  # noqa: E402
+from bench._harness import BIN, LoadResult, Server, clean_env, drive, free_port, process
 
 SEEDED = 2000
 STAGES = ["sourcing", "screening", "diligence", "ic_review", "term_sheet", "closed_won"]
@@ -77,10 +78,13 @@ async def seed(base: str, key: str) -> None:
                 assert r.status == 200, await r.text()
 
 
-async def batch_records_per_second(base: str, key: str, batches: int = 10, size: int = 1000) -> float:
+async def batch_records(server: Server, base: str, key: str, batches: int = 10, size: int = 1000) -> tuple[float, float]:
+    """Records/s of the batch upsert, and the server's CPU microseconds per record."""
+    assert server.key is not None
     rng = random.Random(11)
     async with aiohttp.ClientSession() as session:
         total = 0
+        cpu_before = server.cpu_seconds()
         started = time.perf_counter()
         for b in range(batches):
             # Half new deals, half updates, like a CRM's incremental export.
@@ -89,7 +93,8 @@ async def batch_records_per_second(base: str, key: str, batches: int = 10, size:
             async with session.post(f"{base}/api/v1/deals/batch-upsert", json={"items": items}, headers={"X-API-Key": key}) as r:
                 assert r.status == 200, await r.text()
                 total += size
-        return total / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        return total / elapsed, (server.cpu_seconds() - cpu_before) * 1e6 / total
 
 
 def run_hub(label: str, env: dict[str, str], args: argparse.Namespace, ping: LoadResult) -> None:
@@ -98,7 +103,8 @@ def run_hub(label: str, env: dict[str, str], args: argparse.Namespace, ping: Loa
     hub = [str(BIN / "hub"), "serve", "--port", str(port)]
     # Raise the benchmark tenant's limits through the per-tenant override, before the
     # hub caches them. On PostgreSQL the tenant must exist first: start, then set.
-    with process(hub, env, ready_url=f"{base}/health", key_pattern=r"HUB_API_KEY=(\S+)") as key:
+    with process(hub, env, ready_url=f"{base}/health", key_pattern=r"HUB_API_KEY=(\S+)") as server:
+        key = server.key
         assert key is not None
         subprocess.run(
             [str(BIN / "hub"), "tenants", "limits", "demo", "--user-per-minute", "100000000",
@@ -106,11 +112,16 @@ def run_hub(label: str, env: dict[str, str], args: argparse.Namespace, ping: Loa
             env=env, check=True, capture_output=True,
         )  # fmt: skip
         asyncio.run(seed(base, key))
-        result = asyncio.run(drive(base, upsert_requests(key, 1), clients=args.clients, seconds=args.seconds))
-        records = asyncio.run(batch_records_per_second(base, key))
+        result = asyncio.run(
+            drive(base, upsert_requests(key, 1), clients=args.clients, seconds=args.seconds, server=server)
+        )
+        records, cpu_per_record = asyncio.run(batch_records(server, base, key))
     print(result.line(f"hub upsert [{label}]"))
     print(f"{'':<34} ratio to ping: {result.rps / ping.rps:.0%} of requests/s (bar: >= 40%, p99 <= 100 ms)")
-    print(f"hub batch upsert [{label}]          {records:>9.0f} records/s (bar: >= 10,000, with audit and outbox rows)")
+    print(
+        f"hub batch upsert [{label}]          {records:>9.0f} records/s (bar: >= 10,000, with audit and outbox rows)"
+        f"   server CPU {cpu_per_record:.0f} us/record"
+    )
 
 
 def pg_reachable() -> bool:
@@ -131,8 +142,10 @@ def main() -> None:
 
     port = free_port()
     ping_cmd = [sys.executable, "-m", "uvicorn", "bench.ping_app:app", "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    with process(ping_cmd, clean_env(), ready_url=f"http://127.0.0.1:{port}/ping"):
-        ping = asyncio.run(drive(f"http://127.0.0.1:{port}", ping_requests, clients=args.clients, seconds=args.seconds))
+    with process(ping_cmd, clean_env(), ready_url=f"http://127.0.0.1:{port}/ping") as server:
+        ping = asyncio.run(
+            drive(f"http://127.0.0.1:{port}", ping_requests, clients=args.clients, seconds=args.seconds, server=server)
+        )
     print(ping.line("bare FastAPI ping (baseline)"))
 
     with TemporaryDirectory() as data:
