@@ -22,8 +22,10 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
+    String,
     Text,
     and_,
+    any_,
     bindparam,
     cast,
     column,
@@ -35,6 +37,7 @@ from sqlalchemy import (
     table,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -242,10 +245,21 @@ def envelope_body(event: Any) -> bytes:
     return head[:-1] + b',"payload":' + event.payload.encode() + b"}"
 
 
+def ids_in(key: Any, dialect: str) -> Any:
+    """`key IN (:ids)`: on PostgreSQL `key = ANY(:ids)`, one array rather than a bind per id
+    (and one prepared statement whatever their number)."""
+    if dialect == "postgresql":
+        return key == any_(cast(bindparam("ids"), postgresql.ARRAY(String)))
+    return key.in_(bindparam("ids", expanding=True))
+
+
+_READ_EVENTS = {d: select(*EVENT_COLUMNS).where(ids_in(RAW_EVENTS.c.id, d)) for d in ("sqlite", "postgresql")}
+
+
 async def read_events(session: AsyncSession, ids: Collection[str]) -> dict[str, Any]:
     """Events by id, as rows of `EVENT_COLUMNS` (any tenant's)."""
     connection = await session.connection()
-    stmt = select(*EVENT_COLUMNS).where(RAW_EVENTS.c.id.in_(bindparam("ids", expanding=True)))
+    stmt = _READ_EVENTS[connection.dialect.name]
     return {e.id: e for e in await connection.execute(stmt, {"ids": list(ids)})}
 
 
@@ -348,11 +362,16 @@ async def claim_due(
 class DriverStatement:
     """A statement compiled once per dialect and run as one executemany straight on the
     driver (no per-value processing). Rows are tuples of the values of `binds`, in that
-    order, as the driver takes them."""
+    order, as the driver takes them.
 
-    def __init__(self, build: Callable[[str], Any], binds: Sequence[str]) -> None:
+    With `postgresql` (SQL taking one array per bind, in `binds` order, through unnest()),
+    PostgreSQL runs it once for all the rows: a statement per row was most of the
+    server's work and much of the driver's."""
+
+    def __init__(self, build: Callable[[str], Any], binds: Sequence[str], *, postgresql: str | None = None) -> None:
         self._build = build
         self._binds = tuple(binds)
+        self._postgresql = postgresql
         self._compiled: dict[str, tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]] = {}
 
     def _sql(self, dialect: Any) -> tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]:
@@ -370,8 +389,24 @@ class DriverStatement:
         if not rows:
             return
         connection = await session.connection()
+        if self._postgresql is not None and connection.dialect.name == "postgresql":
+            await connection.exec_driver_sql(self._postgresql, tuple(map(list, zip(*rows, strict=True))))
+            return
         sql, pick = self._sql(connection.dialect)
         await connection.exec_driver_sql(sql, list(rows) if pick is None else [pick(row) for row in rows])
+
+
+_PG = postgresql.dialect()
+
+
+def _arrays(model: Any, columns: Sequence[str]) -> str:
+    """`unnest($1::type[], $2::type[], ...)` of the model's columns' PostgreSQL types."""
+    types = [model.__table__.c[name].type.compile(dialect=_PG) for name in columns]
+    return "unnest(" + ", ".join(f"${n}::{t}[]" for n, t in enumerate(types, 1)) + ")"
+
+
+def _pg_insert(model: Any, columns: Sequence[str], suffix: str = "") -> str:
+    return f"INSERT INTO {model.__tablename__} ({', '.join(columns)}) SELECT * FROM {_arrays(model, columns)}{suffix}"
 
 
 def _binds(columns: Sequence[str]) -> dict[str, Any]:
@@ -410,9 +445,23 @@ MARK_RECOVERED = DriverStatement(
     .values(failing_since=null(), version=literal_column("version + 1")),
     ("b_id",),
 )
-INSERT_DELIVERIES = DriverStatement(_insert_deliveries, DELIVERY_COLUMNS)
-INSERT_ATTEMPTS = DriverStatement(lambda dialect: insert(RAW_ATTEMPTS).values(_binds(ATTEMPT_COLUMNS)), ATTEMPT_COLUMNS)
-FINISH_COLUMNS = ("b_id", "b_status", "b_attempts", "b_total", "b_next", "b_code", "b_error", "b_started", "b_now", "b_completed")
+INSERT_DELIVERIES = DriverStatement(
+    _insert_deliveries,
+    DELIVERY_COLUMNS,
+    postgresql=_pg_insert(WebhookDelivery, DELIVERY_COLUMNS, " ON CONFLICT (endpoint_id, event_id) DO NOTHING"),
+)
+INSERT_ATTEMPTS = DriverStatement(
+    lambda dialect: insert(RAW_ATTEMPTS).values(_binds(ATTEMPT_COLUMNS)),
+    ATTEMPT_COLUMNS,
+    postgresql=_pg_insert(WebhookAttempt, ATTEMPT_COLUMNS),
+)
+# What FINISH_DELIVERIES sets, by bind name: the column it sets, or None for the key.
+_FINISH = {
+    "b_id": None, "b_status": "status", "b_attempts": "attempts", "b_total": "total_attempts",
+    "b_next": "next_attempt_at", "b_code": "last_status_code", "b_error": "last_error",
+    "b_started": "last_attempt_at", "b_now": "updated_at", "b_completed": "completed_at",
+}  # fmt: skip
+FINISH_COLUMNS = tuple(_FINISH)
 FINISH_DELIVERIES = DriverStatement(
     lambda dialect: update(RAW_DELIVERIES)
     .where(RAW_DELIVERIES.c.id == bindparam("b_id"))
@@ -430,6 +479,13 @@ FINISH_DELIVERIES = DriverStatement(
         completed_at=bindparam("b_completed"),
     ),
     FINISH_COLUMNS,
+    postgresql=(
+        "UPDATE webhook_deliveries AS d SET "
+        + ", ".join(f"{c} = u.{b}" for b, c in _FINISH.items() if c is not None)
+        + ", lease_until = NULL, lease_owner = NULL FROM "
+        + _arrays(WebhookDelivery, ["id" if c is None else c for c in _FINISH.values()])
+        + f" AS u({', '.join(_FINISH)}) WHERE d.id = u.b_id"
+    ),
 )
 
 

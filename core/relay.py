@@ -28,6 +28,7 @@ from core.deliveries import (
     Due,
     Target,
     envelope_body,
+    ids_in,
     new_ids,
     read_time,
     stamper,
@@ -44,11 +45,10 @@ _NEXT_EVENTS = (
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
-_PUBLISH = (
-    update(RAW_EVENTS)
-    .where(RAW_EVENTS.c.id.in_(bindparam("ids", expanding=True)))
-    .values(published_at=bindparam("now"))
-)
+_PUBLISH = {
+    d: update(RAW_EVENTS).where(ids_in(RAW_EVENTS.c.id, d)).values(published_at=bindparam("now"))
+    for d in ("sqlite", "postgresql")
+}
 
 
 @dataclass(slots=True)
@@ -127,7 +127,7 @@ async def relay_batch(
                 )  # fmt: skip
         # In DELIVERY_COLUMNS' order.
         await INSERT_DELIVERIES.executemany(session, rows)
-        await connection.execute(_PUBLISH, {"ids": [e.id for e in events], "now": now_stamp})
+        await connection.execute(_PUBLISH[connection.dialect.name], {"ids": [e.id for e in events], "now": now_stamp})
     out.deliveries = len(rows)
     out.leased = leased
     out.targets = {endpoint_id: target_of(vault, endpoint, now) for endpoint_id, endpoint in used.items()}
