@@ -121,24 +121,23 @@ class Stored:
     cancel_requested: bool
 
 
-async def store_page(
-    db: Database,
-    tenant_id: str,
-    run_id: str,
-    connection_id: str,
-    *,
-    stream: str,
-    records: Sequence[DealLike],
-    cursor: Any,
-    checkpoint: dict[str, Any],
-) -> Stored:
-    """Store one page in one transaction: its deals (upserts, then tombstones as soft
-    deletes), the stream's cursor and the run's progress and checkpoint.
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A page checked against the domain, ready to store (see `prepare`)."""
 
-    A record that does not fit the domain (no name, a bad currency) is skipped and
-    counted, not fatal: the rest of the page is stored."""
-    context = integration(tenant_id, connection_id, run_id)
-    items: list[tuple[str, str, DealFields]] = []
+    read: int
+    upserts: list[tuple[str, str, DealFields]]
+    tombstones: list[tuple[str, str]]
+    skipped: int
+
+
+def prepare(records: Sequence[DealLike], *, run_id: str) -> Prepared:
+    """Split a page into upserts (validated as deals) and tombstones. A record that does
+    not fit the domain (no name, a bad currency) is skipped and counted, not fatal.
+
+    Pure work, no transaction: the worker prepares the next page while the database
+    stores the current one."""
+    upserts: list[tuple[str, str, DealFields]] = []
     tombstones: list[tuple[str, str]] = []
     skipped = 0
     for record in records:
@@ -147,20 +146,40 @@ async def store_page(
             continue
         try:
             fields = DealFields.model_validate(record, from_attributes=True)
-            items.append((record.external_system, record.external_id, fields))
         except ValidationError as exc:
             skipped += 1
             where = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
-            log.warning("sync skipped a record that does not fit a deal", extra={"run_id": run_id, "external_id": record.external_id, "fields": where})
-    async with mutation(db, context) as m:
-        outcomes = await deals.upsert_many(m, items) if items else []
-        removed = await deals.delete_by_refs(m, tombstones) if tombstones else []
+            log.warning(
+                "sync skipped a record that does not fit a deal",
+                extra={"run_id": run_id, "external_id": record.external_id, "fields": where},
+            )
+            continue
+        upserts.append((record.external_system, record.external_id, fields))
+    return Prepared(len(records), upserts, tombstones, skipped)
+
+
+async def store_page(
+    db: Database,
+    tenant_id: str,
+    run_id: str,
+    connection_id: str,
+    *,
+    stream: str,
+    page: Prepared,
+    cursor: Any,
+    checkpoint: dict[str, Any],
+) -> Stored:
+    """Store one prepared page in one transaction: its deals (upserts, then tombstones as
+    soft deletes), the stream's cursor and the run's progress and checkpoint."""
+    async with mutation(db, integration(tenant_id, connection_id, run_id)) as m:
+        outcomes = await deals.upsert_many(m, page.upserts) if page.upserts else []
+        removed = await deals.delete_by_refs(m, page.tombstones) if page.tombstones else []
         await _save_cursor(m, connection_id, stream, normalise(cursor), run_id)
         written = sum(1 for o in outcomes if o.status != "unchanged") + len(removed)
         cancel = await runs.record_progress(
-            m.session, run_id, read=len(records), written=written, skipped=skipped, pages=1, checkpoint=checkpoint
+            m.session, run_id, read=page.read, written=written, skipped=page.skipped, pages=1, checkpoint=checkpoint
         )
-    return Stored(read=len(records), written=written, skipped=skipped, cancel_requested=cancel)
+    return Stored(read=page.read, written=written, skipped=page.skipped, cancel_requested=cancel)
 
 
 async def finish(

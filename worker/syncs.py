@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from redis.exceptions import RedisError
@@ -91,12 +91,20 @@ def _deal_streams(live: LiveConnector) -> list[str]:
 
 
 _END = object()
+T = TypeVar("T")
 
 
-async def read_ahead(pages: AsyncIterator[Page[Any]]) -> AsyncIterator[Page[Any]]:
-    """`pages`, fetching the next one while the caller stores the current one: the wait
-    on the provider overlaps the database's work. One page ahead, so memory stays flat; a
-    page fetched ahead and never stored is read again on resume (its cursor was not saved)."""
+async def _prepared(pages: AsyncIterator[Page[Any]], run_id: str) -> AsyncIterator[tuple[syncs.Prepared, Any]]:
+    async for page in pages:
+        records = [r for r in page.records if isinstance(r, DealRecord)]
+        yield syncs.prepare(records, run_id=run_id), page.cursor
+
+
+async def read_ahead(pages: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`pages`, fetching and preparing the next one while the caller stores the current
+    one: the provider's answer, its parsing and validation overlap the database's work.
+    One page ahead, so memory stays flat; a page fetched ahead and never stored is read
+    again on resume (its cursor was not saved)."""
     ahead: asyncio.Future[Any] = asyncio.ensure_future(anext(pages, _END))
     try:
         while (page := await ahead) is not _END:
@@ -156,13 +164,13 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
                 continue
             cursor = parse_cursor(positions[stream]) if stream in positions else parse_cursor(stored.get(stream))
             source = live.connector.read(stream, cursor=cursor)
-            async with aclosing(source), aclosing(read_ahead(source)) as pages:
-                async for page in pages:
-                    records = [r for r in page.records if isinstance(r, DealRecord)]
-                    positions[stream] = normalise(page.cursor)
+            prepared = _prepared(source, run_id)
+            async with aclosing(source), aclosing(prepared), aclosing(read_ahead(prepared)) as pages:
+                async for page, page_cursor in pages:
+                    positions[stream] = normalise(page_cursor)
                     pauses = 0
                     result = await syncs.store_page(
-                        runtime.db, tenant_id, run_id, connection_id, stream=stream, records=records, cursor=page.cursor,
+                        runtime.db, tenant_id, run_id, connection_id, stream=stream, page=page, cursor=page_cursor,
                         checkpoint={"done": done, "cursors": positions, "pauses": 0},
                     )  # fmt: skip
                     if result.written:
