@@ -22,7 +22,9 @@ or failing endpoint holds only its own lanes, never another endpoint's.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
+import hmac
 import logging
 import socket
 import time
@@ -36,13 +38,13 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from connectors.sdk import sign_webhook
 from core import addresses, deliveries, webhooks
 from core.db import Database
 from core.deliveries import AttemptResult, Due, RetryPolicy, Target
 from core.models import utcnow
 from core.settings import Settings
 from core.vault import Vault
+from core.webhooks import SECRET_PREFIX
 from worker.metrics import WorkerMetrics
 from worker.tasks import cancel_all
 
@@ -150,6 +152,8 @@ class _Prepared:
     # checked by the resolver at connection time).
     refused: str | None
     loaded_at: float
+    # The signing secrets' HMAC keys, decoded once rather than per request.
+    keys: tuple[bytes, ...]
 
 
 def _prepare(target: Target, allow_private: bool) -> _Prepared:
@@ -159,7 +163,47 @@ def _prepare(target: Target, allow_private: bool) -> _Prepared:
     if literal is not None and not allow_private:
         reason = addresses.refusal(literal)
         refused = None if reason is None else f"{literal} is a {reason} address"
-    return _Prepared(target, url, refused, time.monotonic())
+    keys = tuple(base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True) for secret in target.secrets)
+    return _Prepared(target, url, refused, time.monotonic(), keys)
+
+
+def signature(keys: tuple[bytes, ...], msg_id: str, timestamp: int, body: bytes) -> str:
+    """`webhook-signature`: `v1,<base64 HMAC-SHA256 of id.timestamp.body>` per key,
+    separated by spaces (what `connectors.sdk.sign_webhook` gives for each secret)."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join("v1," + base64.b64encode(hmac.digest(key, signed, "sha256")).decode() for key in keys)
+
+
+class _Deadlines:
+    """Request time limits, enforced by one timer for all requests: a request is given up
+    between `seconds` and `seconds + tick` after it started (a timer per request was a
+    visible share of a request's cost)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._tick = min(1.0, max(0.01, seconds / 10))
+        self.running: dict[asyncio.Timeout, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._expire_forever(), name="webhook-deadlines")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_all([self._task])
+
+    def track(self, timeout: asyncio.Timeout) -> None:
+        """Give up the block of `timeout` (an entered `asyncio.timeout(None)`) when its time is up."""
+        self.running[timeout] = asyncio.get_running_loop().time() + self.seconds
+
+    async def _expire_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._tick)
+            now = loop.time()
+            for timeout, deadline in list(self.running.items()):
+                if deadline <= now:
+                    timeout.reschedule(now)
 
 
 class Dispatcher:
@@ -191,6 +235,7 @@ class Dispatcher:
         self._paces: dict[str, _Pace] = {}
         self._saturated: set[str] = set()
         self._timeout = settings.webhook_timeout_seconds
+        self._deadlines = _Deadlines(self._timeout)
         self._excerpt_bytes = settings.webhook_response_excerpt_bytes
         self._queues: dict[str, deque[tuple[Due, float]]] = {}
         self._lanes: dict[str, int] = {}
@@ -219,14 +264,15 @@ class Dispatcher:
             resolver=GuardedResolver(allow_private=self._settings.webhooks_allow_private),
             ttl_dns_cache=10,
         )
+        self._deadlines.start()
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout, connect=min(self._timeout, 10.0)),
+            # Requests are timed by `_deadlines` (connecting included).
+            timeout=aiohttp.ClientTimeout(total=None),
             # Endpoints of different tenants share this session: no cookie may travel between them.
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             auto_decompress=False,
-            headers={"User-Agent": USER_AGENT},
         )
         self._flusher = asyncio.create_task(self._flush_forever(), name="webhook-results")
 
@@ -249,6 +295,7 @@ class Dispatcher:
             log.warning("could not release leased webhook deliveries at shutdown; they wait for their leases")
         if self._session is not None:
             await self._session.close()
+        await self._deadlines.stop()
 
     # --- intake
 
@@ -342,12 +389,13 @@ class Dispatcher:
     # --- one attempt
 
     async def _deliver(self, item: Due) -> None:
-        prepared = await self._target(item.endpoint_id)
-        if prepared is None:
-            return  # the endpoint was deleted, and its deliveries with it
-        target = prepared.target
+        prepared = self._targets.get(item.endpoint_id)
+        if prepared is None or time.monotonic() - prepared.loaded_at >= TARGET_TTL_SECONDS:
+            prepared = await self._target(item.endpoint_id)
+            if prepared is None:
+                return  # the endpoint was deleted, and its deliveries with it
         started_at = utcnow()
-        if not target.enabled:
+        if not prepared.target.enabled:
             self._push(AttemptResult(item, started_at, 0.0, deliveries.ENDPOINT_DISABLED, error="The endpoint is disabled"))
             return
         if item.total_attempts == 0:
@@ -356,12 +404,12 @@ class Dispatcher:
             self._push(AttemptResult(item, started_at, 0.0, deliveries.ADDRESS_REFUSED, error=prepared.refused))
             return
         timestamp = int(time.time())
-        signature = " ".join(sign_webhook(secret, item.event_id, timestamp, item.body) for secret in target.secrets)
         headers = {
+            "User-Agent": USER_AGENT,
             "Content-Type": "application/json",
             "webhook-id": item.event_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature,
+            "webhook-signature": signature(prepared.keys, item.event_id, timestamp, item.body),
         }
         assert self._session is not None
         status: int | None = None
@@ -369,14 +417,20 @@ class Dispatcher:
         error: str | None = None
         retry_after: str | None = None
         outcome = deliveries.CONNECTION_ERROR
-        began = time.perf_counter()
+        running = self._deadlines.running
         async with self._slots:
             self._in_flight += 1
+            began = time.perf_counter()
             try:
-                async with self._session.post(prepared.url, data=item.body, headers=headers, allow_redirects=False) as response:
-                    status = response.status
-                    retry_after = response.headers.get("Retry-After")
-                    excerpt = await self._excerpt(response)
+                async with asyncio.timeout(None) as limit:
+                    self._deadlines.track(limit)
+                    try:
+                        async with self._session.post(prepared.url, data=item.body, headers=headers, allow_redirects=False) as response:
+                            status = response.status
+                            retry_after = response.headers.get("Retry-After")
+                            excerpt = await self._excerpt(response)
+                    finally:
+                        del running[limit]
             except TimeoutError:
                 outcome, error = deliveries.TIMEOUT, f"No response within {self._timeout:g} s"
             except aiohttp.ClientConnectorError as exc:
