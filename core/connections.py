@@ -79,6 +79,7 @@ def describe(connection: Connection) -> dict[str, Any]:
         "last_error_at": connection.last_error_at,
         "error_count": connection.error_count,
         "sync_schedule": connection.sync_schedule,
+        "last_synced_at": connection.last_synced_at,
         "version": connection.version,
         "created_by": connection.created_by,
         "created_at": connection.created_at,

@@ -262,6 +262,8 @@ class Connection(TenantOwned, Base):
     # `next_sync_at` is the next tick the worker's scheduler acts on.
     sync_schedule: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     next_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # When a sync of it last succeeded.
+    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

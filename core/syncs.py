@@ -198,6 +198,8 @@ async def finish(
         if run is None or status == runs.CANCELLED:
             return
         event = "sync.completed" if status == runs.SUCCEEDED else "sync.failed"
+        if status == runs.SUCCEEDED:
+            (await connections.get(m.session, connection_id)).last_synced_at = m.now
         await connections.record_outcome(
             m, connection_id, outcome=outcome, error=error["message"] if error else None, event=event,
             payload={"run": runs.view(run)},

@@ -141,6 +141,7 @@ class ConnectionOut(BaseModel):
     error_count: int = Field(description="Consecutive failures since the last success")
     sync_schedule: SyncSchedule | None
     next_sync_at: datetime | None = Field(description="When the schedule next starts a sync")
+    last_synced_at: datetime | None = Field(description="When a sync of it last succeeded")
     breaker_state: BreakerState = Field(description="The connection's circuit breaker, shared by all hub processes")
     credentials: CredentialsOut
     version: int

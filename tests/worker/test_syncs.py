@@ -105,7 +105,9 @@ async def test_a_sync_stores_every_record_page_by_page_as_the_integration(client
         cursor = (await session.execute(select(SyncCursor.cursor).where(SyncCursor.connection_id == connection["id"]))).scalar_one()
     assert datetime.fromisoformat(cursor) == fake_deal(config, 24).updated_at
     r = await client.get(f"/api/v1/connections/{connection['id']}", headers=tenant.headers(Role.ADMIN))
-    assert r.json()["last_success_at"] is not None and r.json()["status"] == "CONNECTED"
+    shown = r.json()
+    assert shown["status"] == "CONNECTED" and shown["last_success_at"] is not None
+    assert shown["last_synced_at"] == shown["last_success_at"]
 
 
 async def test_the_next_sync_reads_only_what_changed_since(client, db, tenant, start_worker):
@@ -257,6 +259,8 @@ async def test_a_sync_that_keeps_pausing_fails_with_an_event(client, db, tenant,
         await worker_jobs.requeue_unattended_runs(runtime)  # (or the worker's own tick did)
     failed = await settle(client, tenant, run["id"])
     assert failed["status"] == "failed" and failed["error"]["code"] == "PROVIDER_UNAVAILABLE" and failed["tries"] == 3
+    r = await client.get(f"/api/v1/connections/{connection['id']}", headers=tenant.headers(Role.ADMIN))
+    assert r.json()["last_synced_at"] is None, "no sync of it ever succeeded"
     events = await outbox(db, tenant.id, "sync.failed")
     assert len(events) == 1 and events[0].payload["run"]["id"] == run["id"]
     r = await client.get(f"/api/v1/connections/{connection['id']}", headers=tenant.headers(Role.ADMIN))

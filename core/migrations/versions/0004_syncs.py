@@ -43,6 +43,7 @@ def upgrade() -> None:
     with op.batch_alter_table("connections", schema=None) as batch_op:
         batch_op.add_column(sa.Column("sync_schedule", JSON, nullable=True))
         batch_op.add_column(sa.Column("next_sync_at", core.models.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("last_synced_at", core.models.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f("ix_connections_next_sync_at"), ["next_sync_at"], unique=False)
 
     with op.batch_alter_table("runs", schema=None) as batch_op:
@@ -64,6 +65,7 @@ def downgrade() -> None:
 
     with op.batch_alter_table("connections", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_connections_next_sync_at"))
+        batch_op.drop_column("last_synced_at")
         batch_op.drop_column("next_sync_at")
         batch_op.drop_column("sync_schedule")
 
