@@ -409,3 +409,19 @@ async def test_schedules_are_validated_changed_and_removed(client, tenant):
     assert r.json()["sync_schedule"] == patched["sync_schedule"], "absent keeps the schedule"
     r = await client.patch(f"{url}/{connection['id']}", json={"sync_schedule": None}, headers=tenant.headers(Role.ADMIN))
     assert r.json()["sync_schedule"] is None and r.json()["next_sync_at"] is None
+
+
+async def test_a_long_sync_works_in_slices_each_carrying_on_from_the_last(client, db, tenant, start_worker):
+    connection = await fake_crm(client, tenant, records=30, page_size=10)
+    runtime = await start_worker(sync_slice_seconds=0.001)  # every page ends a slice
+    run = await start_sync(client, tenant, connection["id"])
+    for tries in (1, 2, 3):
+        sliced = await wait_for(lambda: paused_run(client, tenant, run["id"], tries), timeout=20)
+        assert sliced["status"] == "queued" and sliced["error"] is None, "a slice is no failure"
+        assert sliced["progress"]["pages"] == tries
+        await worker_jobs.requeue_unattended_runs(runtime)
+    done = await settle(client, tenant, run["id"])
+    # The fourth slice finds nothing after the last page's cursor.
+    assert done["status"] == "succeeded" and done["tries"] == 4
+    assert done["progress"] == {"records_read": 30, "records_written": 30, "records_skipped": 0, "pages": 3}
+    assert len(await stored_deals(db, tenant.id)) == 30
