@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     String,
@@ -178,6 +178,20 @@ EVENT_COLUMNS = (
     RAW_EVENTS.c.created_at,
 )
 
+class EventRow(NamedTuple):
+    """A row of `EVENT_COLUMNS` (a plain tuple: reading a SQLAlchemy row's fields by name
+    cost more than building the body from them)."""
+
+    id: str
+    tenant_id: str
+    event_type: str
+    resource_type: str
+    resource_id: str
+    payload: str
+    occurred_at: Any
+    created_at: Any
+
+
 Stamp = Callable[[datetime | None], Any]
 
 
@@ -229,9 +243,9 @@ def read_time(value: datetime | str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def envelope_body(event: Any) -> bytes:
+def envelope_body(event: EventRow) -> bytes:
     """The delivered body: the event envelope (`core.outbox.envelope`), with the payload
-    as the database holds its JSON (a row of `EVENT_COLUMNS`)."""
+    as the database holds its JSON."""
     head = dumps(
         {
             "event_id": event.id,
@@ -256,11 +270,11 @@ def ids_in(key: Any, dialect: str) -> Any:
 _READ_EVENTS = {d: select(*EVENT_COLUMNS).where(ids_in(RAW_EVENTS.c.id, d)) for d in ("sqlite", "postgresql")}
 
 
-async def read_events(session: AsyncSession, ids: Collection[str]) -> dict[str, Any]:
-    """Events by id, as rows of `EVENT_COLUMNS` (any tenant's)."""
+async def read_events(session: AsyncSession, ids: Collection[str]) -> dict[str, EventRow]:
+    """Events by id (any tenant's)."""
     connection = await session.connection()
     stmt = _READ_EVENTS[connection.dialect.name]
-    return {e.id: e for e in await connection.execute(stmt, {"ids": list(ids)})}
+    return {row[0]: EventRow(*row) for row in await connection.execute(stmt, {"ids": list(ids)})}
 
 
 # --- what workers do
@@ -347,15 +361,13 @@ async def claim_due(
         claimed = list(await connection.execute(_claim(bool(exclude), limit), params))
         if not claimed:
             return []
-        events = await read_events(session, {row.event_id for row in claimed})
+        events = await read_events(session, {row[3] for row in claimed})
     due = []
-    for row in claimed:
-        event = events.get(row.event_id)
+    for id_, tenant_id, endpoint_id, event_id, event_type, attempts, total in claimed:
+        event = events.get(event_id)
         if event is not None:
             body = envelope_body(event)
-            due.append(
-                Due(row.id, row.tenant_id, row.endpoint_id, row.event_id, row.event_type, row.attempts, row.total_attempts, body, read_time(event.created_at))
-            )
+            due.append(Due(id_, tenant_id, endpoint_id, event_id, event_type, attempts, total, body, read_time(event.created_at)))
     return due
 
 
@@ -445,11 +457,38 @@ MARK_RECOVERED = DriverStatement(
     .values(failing_since=null(), version=literal_column("version + 1")),
     ("b_id",),
 )
-INSERT_DELIVERIES = DriverStatement(
-    _insert_deliveries,
-    DELIVERY_COLUMNS,
-    postgresql=_pg_insert(WebhookDelivery, DELIVERY_COLUMNS, " ON CONFLICT (endpoint_id, event_id) DO NOTHING"),
+INSERT_DELIVERIES = DriverStatement(_insert_deliveries, DELIVERY_COLUMNS)
+# On PostgreSQL the values all new deliveries share are given once.
+_PG_NEW_DELIVERIES = (
+    f"INSERT INTO webhook_deliveries ({', '.join(DELIVERY_COLUMNS)}) "
+    f"SELECT u.id, u.tenant_id, u.endpoint_id, u.event_id, u.event_type, '{PENDING}', 0, 0, "
+    "CASE WHEN u.leased THEN $7::timestamptz ELSE $8::timestamptz END, "
+    "CASE WHEN u.leased THEN $7::timestamptz END, CASE WHEN u.leased THEN $9::varchar END, "
+    "$8::timestamptz, $8::timestamptz FROM "
+    + _arrays(WebhookDelivery, ("id", "tenant_id", "endpoint_id", "event_id", "event_type"))[:-1]
+    + ", $6::boolean[]) AS u(id, tenant_id, endpoint_id, event_id, event_type, leased) "
+    "ON CONFLICT (endpoint_id, event_id) DO NOTHING"
 )
+# A new delivery: (id, tenant id, endpoint id, event id, event type, leased to the writer).
+NewDelivery = tuple[str, str, str, str, str, bool]
+
+
+async def insert_deliveries(session: AsyncSession, rows: Sequence[NewDelivery], *, now: Any, lease: Any, owner: str) -> None:
+    """Write new pending deliveries (`now` and `lease` as `stamper` gives them); a leased
+    one is due again when its lease ends. One that exists already is kept."""
+    if not rows:
+        return
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        columns = tuple(map(list, zip(*rows, strict=True)))
+        await connection.exec_driver_sql(_PG_NEW_DELIVERIES, (*columns, lease, now, owner))
+        return
+    full = [
+        (id_, tenant, endpoint, event, type_, PENDING, 0, 0, lease if leased else now,
+         lease if leased else None, owner if leased else None, now, now)
+        for id_, tenant, endpoint, event, type_, leased in rows
+    ]  # fmt: skip
+    await INSERT_DELIVERIES.executemany(session, full)
 INSERT_ATTEMPTS = DriverStatement(
     lambda dialect: insert(RAW_ATTEMPTS).values(_binds(ATTEMPT_COLUMNS)),
     ATTEMPT_COLUMNS,

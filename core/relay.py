@@ -14,7 +14,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
@@ -22,13 +21,14 @@ from core import webhooks
 from core.db import Database
 from core.deliveries import (
     EVENT_COLUMNS,
-    INSERT_DELIVERIES,
-    PENDING,
     RAW_EVENTS,
     Due,
+    EventRow,
+    NewDelivery,
     Target,
     envelope_body,
     ids_in,
+    insert_deliveries,
     new_ids,
     read_time,
     stamper,
@@ -60,9 +60,7 @@ class RelayBatch:
     targets: dict[str, Target] = field(default_factory=dict)
 
 
-def _subscribers(event: Any, endpoints: list[WebhookEndpoint]) -> list[WebhookEndpoint]:
-    if not endpoints:
-        return endpoints
+def _subscribers(event: EventRow, endpoints: list[WebhookEndpoint]) -> list[WebhookEndpoint]:
     if event.event_type == webhooks.TEST_EVENT:
         return [e for e in endpoints if e.id == event.resource_id]
     # An endpoint gets the events that happened after it was created: not those before,
@@ -89,7 +87,7 @@ async def relay_batch(
     now_stamp, lease_stamp = stamp(now), stamp(lease_until)
     async with db.write(None) as session:
         connection = await session.connection()
-        events = list(await connection.execute(_NEXT_EVENTS, {"limit": limit}))
+        events = [EventRow(*row) for row in await connection.execute(_NEXT_EVENTS, {"limit": limit})]
         if not events:
             return out
         out.events = len(events)
@@ -101,18 +99,15 @@ async def relay_batch(
         by_tenant: dict[str, list[WebhookEndpoint]] = defaultdict(list)
         for endpoint in (await session.execute(endpoints_stmt)).scalars():
             by_tenant[endpoint.tenant_id].append(endpoint)
-        pairs = [(e, endpoint) for e in events for endpoint in _subscribers(e, by_tenant.get(e.tenant_id, []))]
-        rows: list[tuple[Any, ...]] = []
+        pairs = [(e, endpoint) for e in events if e.tenant_id in by_tenant for endpoint in _subscribers(e, by_tenant[e.tenant_id])]
+        rows: list[NewDelivery] = []
         leased: list[Due] = []
         bodies: dict[str, bytes] = {}
         used: dict[str, WebhookEndpoint] = {}
         for (event, endpoint), delivery_id in zip(pairs, new_ids(len(pairs)), strict=True):
-            if accept(endpoint.id):
-                # Leased: due again when the lease ends (see `core.deliveries`).
-                rows.append(
-                    (delivery_id, event.tenant_id, endpoint.id, event.id, event.event_type, PENDING, 0, 0,
-                     lease_stamp, lease_stamp, owner, now_stamp, now_stamp)
-                )  # fmt: skip
+            take = accept(endpoint.id)
+            rows.append((delivery_id, event.tenant_id, endpoint.id, event.id, event.event_type, take))
+            if take:
                 body = bodies.get(event.id)
                 if body is None:
                     body = bodies[event.id] = envelope_body(event)
@@ -120,13 +115,7 @@ async def relay_batch(
                     Due(delivery_id, event.tenant_id, endpoint.id, event.id, event.event_type, 0, 0, body, read_time(event.created_at))
                 )
                 used[endpoint.id] = endpoint
-            else:
-                rows.append(
-                    (delivery_id, event.tenant_id, endpoint.id, event.id, event.event_type, PENDING, 0, 0,
-                     now_stamp, None, None, now_stamp, now_stamp)
-                )  # fmt: skip
-        # In DELIVERY_COLUMNS' order.
-        await INSERT_DELIVERIES.executemany(session, rows)
+        await insert_deliveries(session, rows, now=now_stamp, lease=lease_stamp, owner=owner)
         await connection.execute(_PUBLISH[connection.dialect.name], {"ids": [e.id for e in events], "now": now_stamp})
     out.deliveries = len(rows)
     out.leased = leased
