@@ -4,7 +4,8 @@ Tenant scoping is enforced here, not remembered by each service: a session is
 opened *for* a tenant, and every ORM SELECT/UPDATE/DELETE touching a
 `TenantOwned` model gets `tenant_id = <session tenant>` added. A statement on
 tenant rows from a session without a tenant raises, unless the caller says
-`execution_options(cross_tenant=True)` (key lookup, the outbox relay).
+`execution_options(cross_tenant=True)` (key lookup, the outbox relay). A Core statement
+(on a `Table`'s columns, where the ORM's criteria do not apply) names the tenant itself.
 """
 
 from __future__ import annotations
@@ -65,14 +66,23 @@ def _scope_to_tenant(state: ORMExecuteState) -> None:
         return
     if state.execution_options.get("cross_tenant", False):
         return
+    tenant_id = state.session.info.get("tenant_id")
+    if tenant_id is not None and not state.is_orm_statement:
+        # A Core statement (columns of a Table) takes no loader criteria: it names its
+        # tenant itself, as the driver statements below do.
+        return
     if not _touches_tenant_rows(state):
         return
-    tenant_id = state.session.info.get("tenant_id")
     if tenant_id is None:
         raise TenantScopeMissing("query on tenant-owned rows without a tenant scope")
-    state.statement = state.statement.options(
-        with_loader_criteria(TenantOwned, lambda cls: cls.tenant_id == tenant_id, include_aliases=True)
-    )
+    state.statement = state.statement.options(_tenant_criteria(tenant_id))
+
+
+@lru_cache(maxsize=4096)
+def _tenant_criteria(tenant_id: str) -> Any:
+    # Built once per tenant: building the option (it analyses the lambda) cost more than
+    # the rest of running a cached statement.
+    return with_loader_criteria(TenantOwned, lambda cls: cls.tenant_id == tenant_id, include_aliases=True)
 
 
 @event.listens_for(Session, "before_flush")
