@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
@@ -27,7 +28,6 @@ from core.deliveries import (
     NewDelivery,
     Target,
     envelope_body,
-    ids_in,
     insert_deliveries,
     new_ids,
     read_time,
@@ -37,18 +37,23 @@ from core.deliveries import (
 from core.models import WebhookEndpoint, utcnow
 from core.vault import Vault
 
-# The oldest unpublished events; on PostgreSQL, those no other relay holds.
-_NEXT_EVENTS = (
-    select(*EVENT_COLUMNS)
-    .where(RAW_EVENTS.c.published_at.is_(None))
-    .order_by(RAW_EVENTS.c.created_at)
-    .limit(bindparam("limit"))
-    .with_for_update(skip_locked=True)
+# Publish the oldest unpublished events (on PostgreSQL, those no other relay holds) and
+# read them, in one statement.
+_TAKE_EVENTS = (
+    update(RAW_EVENTS)
+    .where(
+        RAW_EVENTS.c.id.in_(
+            select(RAW_EVENTS.c.id)
+            .where(RAW_EVENTS.c.published_at.is_(None))
+            .order_by(RAW_EVENTS.c.created_at)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    .values(published_at=bindparam("now"))
+    .returning(*EVENT_COLUMNS)
 )
-_PUBLISH = {
-    d: update(RAW_EVENTS).where(ids_in(RAW_EVENTS.c.id, d)).values(published_at=bindparam("now"))
-    for d in ("sqlite", "postgresql")
-}
 
 
 @dataclass(slots=True)
@@ -58,6 +63,10 @@ class RelayBatch:
     # Deliveries leased to the caller, to send now; the others wait for a claim.
     leased: list[Due] = field(default_factory=list)
     targets: dict[str, Target] = field(default_factory=dict)
+
+
+def _created(event: EventRow) -> Any:
+    return event.created_at
 
 
 def _subscribers(event: EventRow, endpoints: list[WebhookEndpoint]) -> list[WebhookEndpoint]:
@@ -87,7 +96,9 @@ async def relay_batch(
     now_stamp, lease_stamp = stamp(now), stamp(lease_until)
     async with db.write(None) as session:
         connection = await session.connection()
-        events = [EventRow(*row) for row in await connection.execute(_NEXT_EVENTS, {"limit": limit})]
+        taken = await connection.execute(_TAKE_EVENTS, {"limit": limit, "now": now_stamp})
+        # In the order they were written (best effort, as the contract says).
+        events = sorted((EventRow(*row) for row in taken), key=_created)
         if not events:
             return out
         out.events = len(events)
@@ -116,7 +127,6 @@ async def relay_batch(
                 )
                 used[endpoint.id] = endpoint
         await insert_deliveries(session, rows, now=now_stamp, lease=lease_stamp, owner=owner)
-        await connection.execute(_PUBLISH[connection.dialect.name], {"ids": [e.id for e in events], "now": now_stamp})
     out.deliveries = len(rows)
     out.leased = leased
     out.targets = {endpoint_id: target_of(vault, endpoint, now) for endpoint_id, endpoint in used.items()}

@@ -78,10 +78,15 @@ class _Pace:
         if elapsed >= 1.0:
             self.per_second = self.count / elapsed
             self.since, self.count = time.monotonic(), 0
+
+
 # Attempt results are written in batches of up to RESULT_BATCH, gathered for up to
-# RESULT_LINGER_SECONDS after the first.
+# RESULT_LINGER_SECONDS after the first: a write has a fixed cost (a transaction of four
+# statements, each a round trip to aiosqlite's thread or the server) that small batches
+# paid per few results. A delivery is marked delivered that much later; a worker that
+# dies in the meantime sends it again.
 RESULT_BATCH = 500
-RESULT_LINGER_SECONDS = 0.05
+RESULT_LINGER_SECONDS = 0.2
 # A write of results that fails is tried again this often before the batch is given up
 # (its deliveries' leases then lapse and they are attempted again: at least once).
 RECORD_TRIES = 5
