@@ -1,8 +1,12 @@
 """Webhook delivery: throughput and commit-to-first-attempt latency, beside a bare
 aiohttp loop measured in the same run.
 
-    python bench/webhooks.py [--events 10000] [--concurrency 16] [--rate 200] [--seconds 10]
-                             [--no-postgres] [--profile out.txt]
+    python bench/webhooks.py [--events 10000] [--concurrency N] [--rate 200] [--seconds 10]
+                             [--no-sqlite] [--no-postgres] [--profile PREFIX [--profile-gil]]
+
+`--seconds 0` skips the latency run; `--profile` writes py-spy samples of the worker's
+throughput run to PREFIX.sqlite and PREFIX.postgresql (raw format: one stack and its
+count a line), `--profile-gil` only of the thread holding the GIL (Python's CPU).
 
 A receiver (bench/webhook_receiver.py, aiohttp) runs as a subprocess on 127.0.0.1.
 
@@ -10,12 +14,14 @@ Baseline: this process signs (Standard Webhooks) and POSTs the same event bodies
 with 8, 16 and 32 keep-alive connections; the fastest is the bar's reference.
 
 The hub: one `hub worker` process (on an SQLite file, and on PostgreSQL when one answers at
-127.0.0.1:5432; Redis at 127.0.0.1:6379, else an embedded one) delivers N events that this
+127.0.0.1:5432; Redis at 127.0.0.1:6379, else an embedded one), with as many requests in
+flight to the endpoint as the fastest bare loop had connections, delivers N events that this
 process writes to the outbox in one commit: relay -> delivery rows -> signed POSTs ->
 attempt rows and delivery updates. Prints deliveries/s and the ratio to the bare loop
-(bar: >= 50% per worker process). Then events are committed one per transaction at a
-steady `rate` per second, each followed by the API's nudge; prints p50/p99 from commit to
-the first attempt's arrival (bar: p99 <= 250 ms).
+(bar: >= 50% per worker process), its CPU per delivery beside the bare loop's per POST,
+and how much of the run its event loop thread was on a CPU. Then events are committed one
+per transaction at a steady `rate` per second, each followed by the API's nudge; prints
+p50/p99 from commit to the first attempt's arrival (bar: p99 <= 250 ms).
 """
 
 from __future__ import annotations
@@ -87,9 +93,10 @@ def deal_payload(i: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the bare loop
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU a process has used (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU a process has used (all its threads), or one of its threads, from /proc."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -164,7 +171,10 @@ async def wait_unique(http: aiohttp.ClientSession, receiver: str, count: int, ti
 
 async def throughput(
     db_url: str, redis_url: str, tenant_id: str, receiver: str, events: int, keys: jobs.Keys, worker_pid: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
+    """Deliveries/s, the worker's CPU per delivery, and the share of the run its main
+    thread (the event loop) was on a CPU: well under 1 means it waited, for the database
+    or for a CPU the machine's other processes held."""
     db = Database(db_url, pool_size=2)
     from redis.asyncio import Redis
 
@@ -173,12 +183,12 @@ async def throughput(
         async with aiohttp.ClientSession() as http:
             await http.delete(f"{receiver}/stats")
             await write_events(db, tenant_id, 0, events)
-            committed, cpu = time.time(), cpu_seconds(worker_pid)
+            committed, cpu, loop_cpu = time.time(), cpu_seconds(worker_pid), cpu_seconds(worker_pid, worker_pid)
             await jobs.nudge_outbox(redis, keys)
             await wait_unique(http, receiver, events, timeout=300)
-            used = cpu_seconds(worker_pid) - cpu
+            used, loop_used, span = cpu_seconds(worker_pid) - cpu, cpu_seconds(worker_pid, worker_pid) - loop_cpu, time.time() - committed
             last = max((await stats(http, receiver, times=True))["first_seen"].values())
-        return events / (last - committed), used / events
+        return events / (last - committed), used / events, loop_used / span
     finally:
         await redis.aclose()
         await db.dispose()
@@ -243,16 +253,17 @@ def run_hub(
         if args.profile:
             out = f"{args.profile}.{label.split()[0].lower()}"
             profiler = subprocess.Popen(
-                [str(BIN / "py-spy"), "record", "--pid", str(worker.pid), "--format", "raw", "-o", out, "--rate", "200"],
+                [str(BIN / "py-spy"), "record", "--pid", str(worker.pid), "--format", "raw", "-o", out, "--rate", "200",
+                 *(["--gil"] if args.profile_gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1.0)
-        rate, cpu = asyncio.run(throughput(db_url, redis_url, tenant_id, receiver, args.events, keys, worker.pid))
+        rate, cpu, loop_busy = asyncio.run(throughput(db_url, redis_url, tenant_id, receiver, args.events, keys, worker.pid))
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             profiler.wait(timeout=60)
             profiler = None
-        lags = asyncio.run(latency(db_url, redis_url, tenant_id, receiver, args.rate, args.seconds, keys))
+        lags = asyncio.run(latency(db_url, redis_url, tenant_id, receiver, args.rate, args.seconds, keys)) if args.seconds else [0.0]
     finally:
         if profiler is not None:
             profiler.terminate()
@@ -266,24 +277,31 @@ def run_hub(
     print(f"{'':<34} ratio to the fastest bare loop: {rate / best_bare:.0%} (bar: >= 50%)")
     print(
         f"{'':<34} worker CPU per delivery {cpu * 1e6:.0f} us (all threads; the bare loop's per POST: "
-        f"{bare_cpu * 1e6:.0f} us, so {bare_cpu / cpu:.0%} of its efficiency when CPU-bound)"
+        f"{bare_cpu * 1e6:.0f} us, so {bare_cpu / cpu:.0%} of its efficiency when CPU-bound); "
+        f"event loop thread on a CPU {loop_busy:.0%} of the run"
     )
-    print(
-        f"{'':<34} commit -> first attempt at {args.rate:.0f} events/s: p50 {pct(lags, 0.5):.1f} ms, "
-        f"p99 {pct(lags, 0.99):.1f} ms, max {lags[-1] * 1000:.1f} ms ({len(lags)} events; bar: p99 <= 250 ms)"
-    )
+    if args.seconds:
+        print(
+            f"{'':<34} commit -> first attempt at {args.rate:.0f} events/s: p50 {pct(lags, 0.5):.1f} ms, "
+            f"p99 {pct(lags, 0.99):.1f} ms, max {lags[-1] * 1000:.1f} ms ({len(lags)} events; bar: p99 <= 250 ms)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=16, help="Requests in flight per endpoint in the worker")
+    parser.add_argument(
+        "--concurrency", type=int, default=None,
+        help="Requests in flight per endpoint in the worker (default: the fastest bare loop's connections)",
+    )  # fmt: skip
     parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="Of the latency run (0: skip it)")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--profile", default=None, help="py-spy the worker during the throughput run, to this file prefix")
+    parser.add_argument("--profile-gil", action="store_true", help="Profile only the thread holding the GIL (Python CPU)")
     args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs; {args.events} events; bare loops at 8/16/32 connections; worker endpoint concurrency {args.concurrency}\n")
+    print(f"{os.cpu_count()} CPUs; {args.events} events; bare loops at 8/16/32 connections\n")
 
     port = free_port()
     receiver = f"http://127.0.0.1:{port}"
@@ -302,6 +320,10 @@ def main() -> None:
         for c, (rate, cpu) in bare.items():
             print(f"bare aiohttp loop, {c:>2} connections      {rate:>7.0f} POSTs/s (sign + POST, no database; {cpu * 1e6:.0f} us CPU per POST)")
         best, best_cpu = max(bare.values())
+        if args.concurrency is None:
+            # As many requests in flight as the loop it is measured against.
+            args.concurrency = max(bare, key=lambda c: bare[c][0])
+        print(f"hub worker endpoint concurrency (HUB_WEBHOOK_ENDPOINT_CONCURRENCY): {args.concurrency}")
 
         if port_open(6379):
             redis_url = "redis://127.0.0.1:6379/0"
@@ -311,7 +333,8 @@ def main() -> None:
             redis_url = embedded.start()
 
         with TemporaryDirectory() as data:
-            run_hub("SQLite", f"sqlite+aiosqlite:///{data}/hub.db", redis_url, receiver, args, keyring, best, best_cpu)
+            if not args.no_sqlite:
+                run_hub("SQLite", f"sqlite+aiosqlite:///{data}/hub.db", redis_url, receiver, args, keyring, best, best_cpu)
 
         if not args.no_postgres and port_open(5432):
             import asyncpg
