@@ -104,10 +104,11 @@ def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
         # Take transaction control from the driver so BEGIN is ours to issue.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # First: the pragmas after it may need a lock another connection holds.
+        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.close()
 
     @event.listens_for(engine, "begin")

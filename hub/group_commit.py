@@ -26,6 +26,7 @@ from core.jsonable import dumps
 from core.schemas import DealFields
 from hub import etags
 from hub.state import HubState
+from hub.writes import committed
 
 log = logging.getLogger("hub.group_commit")
 MAX_BATCH = 256
@@ -144,7 +145,7 @@ class UpsertCommitter:
                     if i.context.idempotency_key is not None
                 ],
             )  # fmt: skip
-        state.metrics.audit_events.inc(m.trail.written)
+        committed(state, m)
         for item, (status, body, headers) in zip(todo, rendered, strict=True):
             if not item.future.done():
                 item.future.set_result(Response(body, status_code=status, media_type="application/json", headers=headers))

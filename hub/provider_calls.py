@@ -37,6 +37,7 @@ from core.identity import Principal
 from core.jsonable import dumps
 from core.models import IdempotencyRecord
 from hub.state import HubState
+from hub.writes import committed
 
 log = logging.getLogger("hub.integrations")
 T = TypeVar("T")
@@ -198,7 +199,7 @@ async def perform_call(
         if key is not None:
             await _release(state, principal, key)
         raise
-    state.metrics.audit_events.inc(m.trail.written)
+    committed(state, m)
     if isinstance(answer, HubError):
         if key is not None:
             await _release(state, principal, key)

@@ -20,6 +20,7 @@ from core.changes import ChangeContext, Mutation, mutation
 from core.errors import IdempotencyInProgress
 from core.identity import Principal
 from core.jsonable import dumps
+from hub.outbox_nudge import notify_outbox
 from hub.state import HubState
 
 IdempotencyKey = Annotated[
@@ -66,6 +67,14 @@ def _replay(stored: idempotency.StoredResponse) -> Response:
     return _response(stored.status_code, stored.body, stored.headers, replayed=True)
 
 
+def committed(state: HubState, m: Mutation) -> None:
+    """After a write transaction committed: count its audit events, and wake the outbox
+    relay if it wrote events (so webhooks leave now, not at the relay's next sweep)."""
+    state.metrics.audit_events.inc(m.trail.written)
+    if m.events.written:
+        notify_outbox(state)
+
+
 def stored_response(outcome: Outcome, body: bytes) -> idempotency.StoredResponse:
     """What the idempotency store keeps of an outcome (never a secret it marks as such)."""
     kept = body if outcome.stored_body is None else _render(outcome.stored_body)
@@ -109,7 +118,7 @@ async def perform(request: Request, state: HubState, principal: Principal, actio
     if key is None:
         async with mutation(state.db, context) as m:
             outcome = await action(m)
-        state.metrics.audit_events.inc(m.trail.written)
+        committed(state, m)
         return _response(outcome.status_code, _render(outcome.body), outcome.headers)
 
     idempotency.check_key(key)
@@ -124,7 +133,7 @@ async def perform(request: Request, state: HubState, principal: Principal, actio
             outcome = await action(m)
             body = _render(outcome.body)
             await idempotency.complete_many(m.session, [(principal.actor_key, key, stored_response(outcome, body))])
-        state.metrics.audit_events.inc(m.trail.written)
+        committed(state, m)
         return _response(outcome.status_code, body, outcome.headers)
 
     return await idempotent(state, principal, key, fingerprint, attempt)

@@ -18,7 +18,6 @@ from core.models import Run
 from core.roles import Permission
 from hub import etags
 from hub.auth import State, require
-from hub.outbox_nudge import notify_outbox
 from hub.problems import error_responses
 from hub.state import HubState
 from hub.writes import IdempotencyKey, Outcome, perform
@@ -134,6 +133,4 @@ async def cancel_run(
         run = await runs.request_cancel(m, run_id)
         return Outcome(200, run_out(run), {"ETag": etags.etag(run.id, run.version)})
 
-    response = await perform(request, state, principal, action)
-    notify_outbox(state)
-    return response
+    return await perform(request, state, principal, action)

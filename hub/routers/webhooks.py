@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
@@ -23,10 +23,8 @@ from core.models import WebhookEndpoint
 from core.roles import Permission
 from hub import etags
 from hub.auth import State, require
-from hub.outbox_nudge import notify_outbox
 from hub.problems import error_responses
 from hub.routers.runs import RunOut, enqueue_run, run_out
-from hub.state import HubState
 from hub.writes import IdempotencyKey, Outcome, perform
 
 log = logging.getLogger("hub.webhooks")
@@ -181,13 +179,6 @@ def _conditional(request: Request, endpoint: WebhookEndpoint) -> Response:
     return etags.conditional_get(request, etags.etag(endpoint.id, endpoint.version), endpoint_out(endpoint))
 
 
-async def _performed(request: Request, state: HubState, principal: Principal, action: Any) -> Response:
-    response = await perform(request, state, principal, action)
-    if response.status_code < 400:
-        notify_outbox(state)
-    return response
-
-
 # Read by the API fuzzer: a schema-valid URL may still be refused, by where it resolves.
 RUNTIME_URL = {"x-runtime-validation": "url must resolve to public addresses unless HUB_WEBHOOKS_ALLOW_PRIVATE is set"}
 _ENDPOINT_EXAMPLE = {"url": "https://crm.example.com/hooks/deal-hub", "event_types": ["deal.*"], "description": "CRM status sync"}
@@ -223,7 +214,7 @@ async def create_endpoint(
         # The secret is never stored in the clear, not even in the idempotency record.
         return Outcome(201, shown, headers, stored_body=shown.model_copy(update={"secret": None}))
 
-    return await _performed(request, state, principal, action)
+    return await perform(request, state, principal, action)
 
 
 @router.get("", response_model=EndpointPage, summary="List webhook endpoints", responses=_READ_ERRORS)
@@ -285,7 +276,7 @@ async def patch_endpoint(
         )
         return Outcome(200, endpoint_out(endpoint), {"ETag": etags.etag(endpoint.id, endpoint.version)})
 
-    return await _performed(request, state, principal, action)
+    return await perform(request, state, principal, action)
 
 
 @router.delete(
@@ -303,7 +294,7 @@ async def delete_endpoint(
         await webhooks.delete(m, endpoint_id, precondition=lambda e: etags.matches(tags, e.id, e.version))
         return Outcome(204)
 
-    return await _performed(request, state, principal, action)
+    return await perform(request, state, principal, action)
 
 
 @router.post(
@@ -336,7 +327,7 @@ async def rotate_secret(
             stored_body=shown.model_copy(update={"secret": None}),
         )  # fmt: skip
 
-    return await _performed(request, state, principal, action)
+    return await perform(request, state, principal, action)
 
 
 @router.post(
@@ -353,7 +344,7 @@ async def send_test_event(
     async def action(m: Mutation) -> Outcome:
         return Outcome(202, TestEventOut(event_id=await webhooks.send_test(m, endpoint_id)))
 
-    return await _performed(request, state, principal, action)
+    return await perform(request, state, principal, action)
 
 
 # -- deliveries ---------------------------------------------------------------------------
@@ -433,7 +424,7 @@ async def replay_delivery(
         delivery = await deliveries.replay_one(m, endpoint_id, delivery_id)
         return Outcome(202, DeliveryOut.model_validate(deliveries.view(delivery)))
 
-    return await _performed(request, state, principal, action)
+    return await perform(request, state, principal, action)
 
 
 @router.post(
@@ -469,7 +460,7 @@ async def replay_failed(
         )
         return Outcome(202, run_out(run), {"Location": f"/api/v1/runs/{run.id}"})
 
-    response = await _performed(request, state, principal, action)
+    response = await perform(request, state, principal, action)
     if response.status_code == 202:
         location = response.headers["location"]
         run_id = location.rsplit("/", 1)[1]

@@ -27,6 +27,7 @@ from core.jobs import Keys
 from core.models import Run
 from hub.app import create_app
 from hub.outbox_nudge import OutboxNudge
+from tests.conftest import deal_body
 from tests.worker.conftest import FAST, Receiver, wait_for
 from tests.worker.test_delivery import answer, make_deal, make_endpoint, settled
 from worker import jobs as worker_jobs
@@ -355,3 +356,17 @@ async def test_a_worker_stopping_hands_back_what_it_has_not_sent(app, client, te
     await settled(client, tenant, endpoint_id, 8)
     assert time.monotonic() - began < 5
     assert len(set(receiver.ids())) == 8
+
+
+async def test_a_write_through_the_api_wakes_the_relay_without_waiting_for_its_sweep(
+    client, tenant, receiver, start_worker
+):
+    await start_worker(outbox_sweep_seconds=60.0)  # a sweep would come far too late
+    endpoint_id, _ = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
+    await asyncio.sleep(0.5)  # the relay is listening for nudges
+    started = time.monotonic()
+    r = await client.put("/api/v1/deals/by-ref/crm/NUDGE-1", json=deal_body("Nudged"), headers=tenant.headers())
+    assert r.status_code == 201, r.text
+    await wait_for(lambda: receiver.requests, timeout=10)
+    assert time.monotonic() - started < 5
+    assert orjson.loads(receiver.requests[0].body)["resource_id"] == r.json()["id"]
