@@ -12,9 +12,7 @@ and receivers dedupe by `webhook-id` (the event id, the same on every attempt).
 
 from __future__ import annotations
 
-import os
 import random
-import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +45,7 @@ from core import webhooks
 from core.changes import Mutation
 from core.db import Database
 from core.errors import Conflict, NotFound
+from core.ids import new_ids
 from core.jsonable import dumps
 from core.models import (
     OutboxEvent,
@@ -68,8 +67,6 @@ SUCCESS, HTTP_ERROR, TIMEOUT, CONNECTION_ERROR, ADDRESS_REFUSED, ENDPOINT_DISABL
 MAX_ERROR_LENGTH = 500
 
 D = WebhookDelivery
-# The variant nibble of RFC 9562 (10xx) for each random hex digit.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,20 +207,6 @@ def _same(value: datetime | None) -> datetime | None:
 def stamper(db: Database) -> Stamp:
     """How this database's driver takes a timestamp on the hot path."""
     return _sqlite_stamp if db.is_sqlite else _same
-
-
-def new_ids(count: int) -> list[str]:
-    """`count` time-ordered (version 7) UUIDs, in ascending order, from one read of the
-    OS's random source. Delivery and attempt rows are keyed by them: rows written together
-    share the pages at the end of each index, where random keys would dirty a page apiece."""
-    millis = f"{time.time_ns() // 1_000_000:012x}"
-    head = f"{millis[:8]}-{millis[8:]}-7"
-    h = os.urandom(10 * count).hex()
-    ids = [
-        f"{head}{h[i : i + 3]}-{_VARIANT[h[i + 3]]}{h[i + 4 : i + 7]}-{h[i + 7 : i + 19]}" for i in range(0, 20 * count, 20)
-    ]
-    ids.sort()
-    return ids
 
 
 def _iso(value: datetime | str) -> str:

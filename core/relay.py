@@ -29,11 +29,11 @@ from core.deliveries import (
     Target,
     envelope_body,
     insert_deliveries,
-    new_ids,
     read_time,
     stamper,
     target_of,
 )
+from core.ids import new_ids
 from core.models import WebhookEndpoint, utcnow
 from core.vault import Vault
 
