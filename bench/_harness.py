@@ -205,3 +205,21 @@ def pg_database(prefix: str = "hub_bench") -> Iterator[str]:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """The Redis at 127.0.0.1:6379 when it answers, else an embedded one for this run: its URL."""
+    if reachable("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    from tempfile import TemporaryDirectory
+
+    from core.embedded_redis import EmbeddedRedis
+
+    with TemporaryDirectory() as data:
+        embedded = EmbeddedRedis(Path(data))
+        try:
+            yield embedded.start()
+        finally:
+            embedded.stop()

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import salesforce_server  # noqa: E402
-from bench._harness import pg_database, reachable  # noqa: E402
+from bench._harness import pg_database, reachable, redis_server  # noqa: E402
 
 TOKEN = "00Dbench!local.access.token"
 API_VERSION = "62.0"
@@ -250,24 +250,11 @@ def main() -> None:
         child(args)
         return
 
-    embedded = None
-    if reachable("127.0.0.1", 6379):
-        redis_url = "redis://127.0.0.1:6379/0"
-    else:
-        from core.embedded_redis import EmbeddedRedis
-
-        embedded_dir = TemporaryDirectory()
-        embedded = EmbeddedRedis(Path(embedded_dir.name))
-        redis_url = embedded.start()
-    try:
+    with redis_server() as redis_url:
         print(f"Salesforce sync, {args.page_size:,} opportunities per page (each run in a fresh process and database)")
         run_backend("SQLite", sqlite_file, args, redis_url)
         if not args.no_postgres and reachable("127.0.0.1", 5432):
             run_backend("PostgreSQL", postgres, args, redis_url)
-    finally:
-        if embedded is not None:
-            embedded.stop()
-
 
 if __name__ == "__main__":
     main()

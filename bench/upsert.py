@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -29,11 +28,10 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import BIN, LoadResult, Server, clean_env, drive, free_port, process
+from bench._harness import BIN, LoadResult, Server, clean_env, drive, free_port, pg_database, process, reachable
 
 SEEDED = 2000
 STAGES = ["sourcing", "screening", "diligence", "ic_review", "term_sheet", "closed_won"]
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def deal(i: int, rng: random.Random) -> dict[str, Any]:
@@ -124,14 +122,6 @@ def run_hub(label: str, env: dict[str, str], args: argparse.Namespace, ping: Loa
     )
 
 
-def pg_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -151,31 +141,12 @@ def main() -> None:
     with TemporaryDirectory() as data:
         run_hub("SQLite + embedded Redis", clean_env(HUB_DATA_DIR=data, HUB_LOG_LEVEL="WARNING"), args, ping)
 
-    if not args.no_postgres and pg_reachable():
-        import asyncpg
-
-        name = f"hub_bench_{uuid.uuid4().hex[:8]}"
-
-        async def admin(sql: str) -> None:
-            conn = await asyncpg.connect(PG_ADMIN)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-        try:
-            with TemporaryDirectory() as data:
-                env = clean_env(
-                    HUB_DATA_DIR=data,
-                    HUB_LOG_LEVEL="WARNING",
-                    DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
-                    REDIS_URL="redis://127.0.0.1:6379/0",
-                )
-                run_hub("PostgreSQL + Redis", env, args, ping)
-        finally:
-            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
+    if not args.no_postgres and reachable("127.0.0.1", 5432):
+        with pg_database() as database_url, TemporaryDirectory() as data:
+            env = clean_env(
+                HUB_DATA_DIR=data, HUB_LOG_LEVEL="WARNING", DATABASE_URL=database_url, REDIS_URL="redis://127.0.0.1:6379/0"
+            )
+            run_hub("PostgreSQL + Redis", env, args, ping)
 
 if __name__ == "__main__":
     main()

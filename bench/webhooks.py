@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,28 +43,18 @@ import aiohttp
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import BIN, clean_env, free_port, wait_http  # noqa: E402
+from bench._harness import BIN, clean_env, free_port, pg_database, reachable, redis_server, wait_http  # noqa: E402
 from connectors.sdk import sign_webhook  # noqa: E402
 from core import jobs, tenants, webhooks  # noqa: E402
 from core.changes import ChangeContext, mutation  # noqa: E402
 from core.db import Database  # noqa: E402
-from core.embedded_redis import EmbeddedRedis  # noqa: E402
 from core.identity import Principal  # noqa: E402
 from core.migrate import upgrade_to_head  # noqa: E402
 from core.outbox import Outbox  # noqa: E402
 from core.roles import Role  # noqa: E402
 from core.vault import Vault, generate_key_line, parse_keyring  # noqa: E402
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 STAGES = ["sourcing", "screening", "diligence", "ic_review", "term_sheet"]
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def deal_payload(i: int) -> dict[str, Any]:
@@ -306,7 +295,6 @@ def main() -> None:
     port = free_port()
     receiver = f"http://127.0.0.1:{port}"
     recv = subprocess.Popen([sys.executable, str(Path(__file__).parent / "webhook_receiver.py"), str(port)])
-    embedded = None
     try:
         wait_http(f"{receiver}/stats")
         keyring = generate_key_line("bench")
@@ -325,42 +313,16 @@ def main() -> None:
             args.concurrency = max(bare, key=lambda c: bare[c][0])
         print(f"hub worker endpoint concurrency (HUB_WEBHOOK_ENDPOINT_CONCURRENCY): {args.concurrency}")
 
-        if port_open(6379):
-            redis_url = "redis://127.0.0.1:6379/0"
-        else:
-            tmp = TemporaryDirectory()
-            embedded = EmbeddedRedis(Path(tmp.name))
-            redis_url = embedded.start()
-
-        with TemporaryDirectory() as data:
+        with redis_server() as redis_url:
             if not args.no_sqlite:
-                run_hub("SQLite", f"sqlite+aiosqlite:///{data}/hub.db", redis_url, receiver, args, keyring, best, best_cpu)
-
-        if not args.no_postgres and port_open(5432):
-            import asyncpg
-
-            name = f"hub_bench_{uuid.uuid4().hex[:8]}"
-
-            async def admin(sql: str) -> None:
-                conn = await asyncpg.connect(PG_ADMIN)
-                try:
-                    await conn.execute(sql)
-                finally:
-                    await conn.close()
-
-            asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-            try:
-                run_hub(
-                    "PostgreSQL", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", redis_url, receiver, args,
-                    keyring, best, best_cpu,
-                )
-            finally:
-                asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                with TemporaryDirectory() as data:
+                    run_hub("SQLite", f"sqlite+aiosqlite:///{data}/hub.db", redis_url, receiver, args, keyring, best, best_cpu)
+            if not args.no_postgres and reachable("127.0.0.1", 5432):
+                with pg_database() as database_url:
+                    run_hub("PostgreSQL", database_url, redis_url, receiver, args, keyring, best, best_cpu)
     finally:
         recv.terminate()
         recv.wait(timeout=10)
-        if embedded is not None:
-            embedded.stop()
 
 
 if __name__ == "__main__":
