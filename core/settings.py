@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     )
     worker_metrics_host: str = "127.0.0.1"
     outbox_sweep_seconds: float = Field(default=1.0, gt=0, description="Unpublished outbox rows are looked for this often")
+    outbox_linger_seconds: float = Field(
+        default=0.05, ge=0, description="A woken relay waits this long, so the events of many commits go in one pass"
+    )
     outbox_batch_size: int = Field(default=500, ge=1, le=5000)
 
     # Webhooks

@@ -50,6 +50,7 @@ class OutboxRelay:
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._sweep = settings.outbox_sweep_seconds
+        self._linger = settings.outbox_linger_seconds
         self._batch = settings.outbox_batch_size
         self._lease = settings.webhook_lease_seconds
         self._wake = asyncio.Event()
@@ -85,6 +86,10 @@ class OutboxRelay:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self._sweep)
+                # Woken by a commit: let the next few commits land too, so a busy API
+                # (a group commit every few milliseconds) costs one pass per linger, not
+                # one per commit. Wakes meanwhile are answered by this same pass.
+                await asyncio.sleep(self._linger)
             except TimeoutError:
                 pass
             self._wake.clear()
