@@ -253,7 +253,7 @@ async def test_a_sync_that_keeps_pausing_fails_with_an_event(client, db, tenant,
     runtime = await start_worker(sync_pause_seconds=0.01, sync_max_pauses=2)
     run = await start_sync(client, tenant, connection["id"])
     for tries in (1, 2):
-        paused = await wait_for(lambda: paused_run(client, tenant, run["id"], tries), timeout=20)
+        paused = await wait_for(lambda tries=tries: paused_run(client, tenant, run["id"], tries), timeout=20)
         assert paused["status"] == "queued"
         await asyncio.sleep(1.05)  # resume_at is rounded up to the second
         await worker_jobs.requeue_unattended_runs(runtime)  # (or the worker's own tick did)
@@ -416,7 +416,7 @@ async def test_a_long_sync_works_in_slices_each_carrying_on_from_the_last(client
     runtime = await start_worker(sync_slice_seconds=0.001)  # every page ends a slice
     run = await start_sync(client, tenant, connection["id"])
     for tries in (1, 2, 3):
-        sliced = await wait_for(lambda: paused_run(client, tenant, run["id"], tries), timeout=20)
+        sliced = await wait_for(lambda tries=tries: paused_run(client, tenant, run["id"], tries), timeout=20)
         assert sliced["status"] == "queued" and sliced["error"] is None, "a slice is no failure"
         assert sliced["progress"]["pages"] == tries
         await worker_jobs.requeue_unattended_runs(runtime)
