@@ -192,18 +192,23 @@ async def finish(
     outcome: Outcome = Outcome.SUCCEEDED,
     error: dict[str, Any] | None = None,
 ) -> None:
-    """End the sync: the run's status, the connection's health and the `sync.*` event, together."""
+    """End the sync: the run's status, the connection's health and the `sync.*` event, together
+    (a connection deleted meanwhile has no health to record: the event is the run's)."""
     async with mutation(db, integration(tenant_id, connection_id, run_id)) as m:
         run = await runs.finish_in(m.session, run_id, status, error)
         if run is None or status == runs.CANCELLED:
             return
         event = "sync.completed" if status == runs.SUCCEEDED else "sync.failed"
+        payload = {"run": runs.view(run)}
+        connection = (await m.session.execute(select(Connection).where(Connection.id == connection_id))).scalar_one_or_none()
+        if connection is None:
+            m.record(event, resource_type=runs.RESOURCE, resource_id=run.id, before=None, after=None, payload=payload)
+            return
         if status == runs.SUCCEEDED:
-            (await connections.get(m.session, connection_id)).last_synced_at = m.now
+            connection.last_synced_at = m.now
         await connections.record_outcome(
-            m, connection_id, outcome=outcome, error=error["message"] if error else None, event=event,
-            payload={"run": runs.view(run)},
-        )  # fmt: skip
+            m, connection_id, outcome=outcome, error=error["message"] if error else None, event=event, payload=payload
+        )
 
 
 async def pause(db: Database, tenant_id: str, run_id: str, *, resume_at: datetime, error: dict[str, Any] | None = None) -> None:

@@ -86,7 +86,7 @@ async def _live(runtime: WorkerRuntime, tenant_id: str, connection_id: str, run_
         raise SyncFailed("CONFIG_INCOMPLETE", "The connection's configuration is incomplete") from None
 
 
-def _deal_streams(live: LiveConnector) -> list[str]:
+def _streams(live: LiveConnector) -> list[str]:
     return [stream.name for stream in live.connector.streams]
 
 
@@ -159,7 +159,7 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
         return await fail(exc.code, exc.message, exc.outcome)
     stored = {} if full else await syncs.cursors(runtime.db, tenant_id, connection_id)
     try:
-        for stream in _deal_streams(live):
+        for stream in _streams(live):
             if stream in done:
                 continue
             cursor = parse_cursor(positions[stream]) if stream in positions else parse_cursor(stored.get(stream))

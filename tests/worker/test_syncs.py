@@ -425,3 +425,20 @@ async def test_a_long_sync_works_in_slices_each_carrying_on_from_the_last(client
     assert done["status"] == "succeeded" and done["tries"] == 4
     assert done["progress"] == {"records_read": 30, "records_written": 30, "records_skipped": 0, "pages": 3}
     assert len(await stored_deals(db, tenant.id)) == 30
+
+
+async def test_a_sync_of_a_connection_deleted_meanwhile_fails_with_an_event(client, app, settings, db, tenant):
+    connection = await fake_crm(client, tenant)
+    run = await start_sync(client, tenant, connection["id"])
+    r = await client.delete(f"/api/v1/connections/{connection['id']}", headers=tenant.headers(Role.ADMIN))
+    assert r.status_code == 204
+    hub = app.state.hub
+    runtime = WorkerRuntime(
+        settings, redis_url=settings.redis_url or "", db=hub.db, vault=hub.vault,
+        connectors=hub.connectors, connector_host=hub.connector_host,
+    )  # fmt: skip
+    assert await worker_syncs.sync_connection(runtime, tenant.id, run["id"]) == {"failed": "CONNECTION_GONE"}
+    failed = await get_run(client, tenant, run["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "CONNECTION_GONE"
+    (event,) = await outbox(db, tenant.id, "sync.failed")
+    assert event.resource_type == "run" and event.resource_id == run["id"]
