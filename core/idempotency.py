@@ -179,6 +179,16 @@ async def complete(session: AsyncSession, *, actor: str, key: str, response: Sto
     await complete_many(session, [(actor, key, response)])
 
 
+async def release(session: AsyncSession, *, actor: str, key: str) -> None:
+    """Give back a key claimed by a request that failed, so a retry runs again (a key
+    holding a stored response is kept)."""
+    await session.execute(
+        delete(IdempotencyRecord).where(
+            IdempotencyRecord.actor == actor, IdempotencyRecord.key == key, IdempotencyRecord.status_code == 0
+        )
+    )
+
+
 async def purge_expired(session: AsyncSession) -> int:
     result = await session.execute(
         delete(IdempotencyRecord).where(IdempotencyRecord.expires_at <= utcnow()).execution_options(cross_tenant=True)

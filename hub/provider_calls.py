@@ -24,31 +24,23 @@ from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel
-from sqlalchemy import delete
 
 from connectors.host import classify
 from connectors.sdk import AuthError, ProviderError, ProviderUnavailable, RateLimited
 from core import idempotency
 from core.changes import ChangeContext, Mutation, mutation
 from core.connections import Outcome as CallOutcome
-from core.errors import HubError, IdempotencyInProgress, UpstreamAuthFailed, UpstreamError, UpstreamUnavailable
+from core.errors import HubError, UpstreamAuthFailed, UpstreamError, UpstreamUnavailable
 from core.identity import Principal
-from core.jsonable import dumps
-from core.models import IdempotencyRecord
 from hub.state import HubState
-from hub.writes import committed
+from hub.writes import Outcome, committed, idempotent, render, request_fingerprint, respond, stored_response
 
 log = logging.getLogger("hub.integrations")
 T = TypeVar("T")
-_RETRY_PAUSE_SECONDS = 0.02
 
 
-@dataclass
-class Answer:
-    status_code: int
-    body: BaseModel | dict[str, Any] | None = None
-    headers: dict[str, str] | None = None
+# What `finish` answers: a status, a body and headers, as a route's write does.
+Answer = Outcome
 
 
 @dataclass
@@ -110,61 +102,28 @@ def upstream_problem(exc: BaseException) -> HubError:
     return UpstreamError("The connector failed unexpectedly")
 
 
-def _render(body: BaseModel | dict[str, Any] | None) -> bytes:
-    if body is None:
-        return b""
-    if isinstance(body, BaseModel):
-        return body.model_dump_json().encode()
-    return dumps(body)
-
-
-def _response(status: int, body: bytes, headers: dict[str, str] | None, *, replayed: bool = False) -> Response:
-    out = dict(headers or {})
-    if replayed:
-        out["Idempotent-Replayed"] = "true"
-    return Response(body, status_code=status, media_type="application/json" if body else None, headers=out)
-
-
 async def _release(state: HubState, principal: Principal, key: str) -> None:
     async with state.db.write(principal.tenant_id) as session:
-        await session.execute(
-            delete(IdempotencyRecord).where(
-                IdempotencyRecord.actor == principal.actor_key,
-                IdempotencyRecord.key == key,
-                IdempotencyRecord.status_code == 0,
-            )
-        )
+        await idempotency.release(session, actor=principal.actor_key, key=key)
 
 
-async def _claim_or_replay(
-    request: Request, state: HubState, principal: Principal, key: str
-) -> Response | None:
+async def _claim_or_replay(request: Request, state: HubState, principal: Principal, key: str) -> Response | None:
     """None once this request holds `key`; else the stored response of the request that did."""
     idempotency.check_key(key)
-    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    fingerprint = idempotency.fingerprint(request.method, path, await request.body())
+    fingerprint = request_fingerprint(request, await request.body())
     ttl = timedelta(hours=state.settings.idempotency_ttl_hours)
-    deadline = time.monotonic() + state.settings.idempotency_wait_seconds
-    while True:
-        async with state.db.read(principal.tenant_id) as session:
-            stored = await idempotency.find(session, principal.actor_key, key, fingerprint)
-        if stored is not None:
-            state.metrics.idempotent_replays.inc()
-            return _response(stored.status_code, stored.body, stored.headers, replayed=True)
+
+    async def claim() -> bool | None:
+        # In a short transaction of its own: the provider is called outside any.
         async with state.db.write(principal.tenant_id) as session:
             claimed = await idempotency.claim(
-                session,
-                tenant_id=principal.tenant_id,
-                actor=principal.actor_key,
-                key=key,
-                request_fingerprint=fingerprint,
-                ttl=ttl,
-            )
-        if claimed:
-            return None
-        if time.monotonic() > deadline:
-            raise IdempotencyInProgress("A request with this Idempotency-Key is still being processed; retry later")
-        await asyncio.sleep(_RETRY_PAUSE_SECONDS)
+                session, tenant_id=principal.tenant_id, actor=principal.actor_key, key=key,
+                request_fingerprint=fingerprint, ttl=ttl,
+            )  # fmt: skip
+        return claimed or None
+
+    held = await idempotent(state, principal, key, fingerprint, claim)
+    return held if isinstance(held, Response) else None
 
 
 async def perform_call(
@@ -190,11 +149,10 @@ async def perform_call(
             answer = await finish(m, value)
             body = b""
             if key is not None and isinstance(answer, Answer):
-                body = _render(answer.body)
-                stored = idempotency.StoredResponse(
-                    answer.status_code, "application/json" if body else None, body, answer.headers or {}
+                body = render(answer.body)
+                await idempotency.complete(
+                    m.session, actor=principal.actor_key, key=key, response=stored_response(answer, body)
                 )
-                await idempotency.complete(m.session, actor=principal.actor_key, key=key, response=stored)
     except BaseException:
         if key is not None:
             await _release(state, principal, key)
@@ -204,4 +162,4 @@ async def perform_call(
         if key is not None:
             await _release(state, principal, key)
         raise answer
-    return _response(answer.status_code, body or _render(answer.body), answer.headers)
+    return respond(answer.status_code, body or render(answer.body), answer.headers)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Request
 from fastapi.responses import Response
@@ -33,6 +33,7 @@ IdempotencyKey = Annotated[
     ),
 ]
 _RETRY_PAUSE_SECONDS = 0.02
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Outcome:
 Action = Callable[[Mutation], Awaitable[Outcome]]
 
 
-def _render(body: BaseModel | dict[str, Any] | None) -> bytes:
+def render(body: BaseModel | dict[str, Any] | None) -> bytes:
     if body is None:
         return b""
     if isinstance(body, BaseModel):
@@ -55,7 +56,7 @@ def _render(body: BaseModel | dict[str, Any] | None) -> bytes:
     return dumps(body)
 
 
-def _response(status_code: int, body: bytes, headers: dict[str, str], *, replayed: bool = False) -> Response:
+def respond(status_code: int, body: bytes, headers: dict[str, str], *, replayed: bool = False) -> Response:
     headers = dict(headers)
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -64,7 +65,7 @@ def _response(status_code: int, body: bytes, headers: dict[str, str], *, replaye
 
 
 def _replay(stored: idempotency.StoredResponse) -> Response:
-    return _response(stored.status_code, stored.body, stored.headers, replayed=True)
+    return respond(stored.status_code, stored.body, stored.headers, replayed=True)
 
 
 def committed(state: HubState, m: Mutation) -> None:
@@ -77,7 +78,7 @@ def committed(state: HubState, m: Mutation) -> None:
 
 def stored_response(outcome: Outcome, body: bytes) -> idempotency.StoredResponse:
     """What the idempotency store keeps of an outcome (never a secret it marks as such)."""
-    kept = body if outcome.stored_body is None else _render(outcome.stored_body)
+    kept = body if outcome.stored_body is None else render(outcome.stored_body)
     return idempotency.StoredResponse(outcome.status_code, "application/json" if kept else None, kept, outcome.headers)
 
 
@@ -91,8 +92,8 @@ async def idempotent(
     principal: Principal,
     key: str,
     fingerprint: str,
-    attempt: Callable[[], Awaitable[Response | None]],
-) -> Response:
+    attempt: Callable[[], Awaitable[T | None]],
+) -> T | Response:
     """Run `attempt` (which claims the key in its transaction and answers None if
     another request holds it) until it answers or the holder's stored response
     can be replayed. A fresh key costs no extra read."""
@@ -119,7 +120,7 @@ async def perform(request: Request, state: HubState, principal: Principal, actio
         async with mutation(state.db, context) as m:
             outcome = await action(m)
         committed(state, m)
-        return _response(outcome.status_code, _render(outcome.body), outcome.headers)
+        return respond(outcome.status_code, render(outcome.body), outcome.headers)
 
     idempotency.check_key(key)
     fingerprint = request_fingerprint(request, await request.body())
@@ -131,9 +132,9 @@ async def perform(request: Request, state: HubState, principal: Principal, actio
             if not await idempotency.claim_many(m.session, tenant_id=principal.tenant_id, claims=[claim], ttl=ttl):
                 return None
             outcome = await action(m)
-            body = _render(outcome.body)
+            body = render(outcome.body)
             await idempotency.complete_many(m.session, [(principal.actor_key, key, stored_response(outcome, body))])
         committed(state, m)
-        return _response(outcome.status_code, body, outcome.headers)
+        return respond(outcome.status_code, body, outcome.headers)
 
     return await idempotent(state, principal, key, fingerprint, attempt)
