@@ -276,14 +276,7 @@ async def load_targets(db: Database, vault: Vault, endpoint_ids: Sequence[str]) 
 
 def target_of(vault: Vault, endpoint: WebhookEndpoint, now: datetime) -> Target:
     try:
-        secrets = webhooks.unseal(
-            vault,
-            tenant_id=endpoint.tenant_id,
-            endpoint_id=endpoint.id,
-            key_id=endpoint.secret_key_id,
-            nonce=endpoint.secret_nonce,
-            ciphertext=endpoint.secret_ciphertext,
-        ).signing(endpoint.previous_secret_expires_at, now)
+        secrets = webhooks.unseal(vault, endpoint).signing(endpoint.previous_secret_expires_at, now)
         enabled = endpoint.enabled
     except VaultError:
         # A secret this worker cannot open signs nothing: treat the endpoint as off.

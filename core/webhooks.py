@@ -104,20 +104,13 @@ def _seal(vault: Vault, endpoint: WebhookEndpoint, value: Secrets) -> None:
     endpoint.secret_key_id, endpoint.secret_nonce, endpoint.secret_ciphertext = sealed
 
 
-def unseal(vault: Vault, *, tenant_id: str, endpoint_id: str, key_id: str, nonce: bytes, ciphertext: bytes) -> Secrets:
-    document = vault.open(Sealed(key_id, nonce, ciphertext), purpose=SEAL_PURPOSE, tenant_id=tenant_id, record_id=endpoint_id)
+def unseal(vault: Vault, endpoint: WebhookEndpoint) -> Secrets:
+    """The endpoint's signing secrets. :raises VaultError: they cannot be opened."""
+    document = vault.open(
+        Sealed(endpoint.secret_key_id, endpoint.secret_nonce, endpoint.secret_ciphertext),
+        purpose=SEAL_PURPOSE, tenant_id=endpoint.tenant_id, record_id=endpoint.id,
+    )  # fmt: skip
     return Secrets(current=document["current"], previous=document.get("previous"))
-
-
-def _unseal(vault: Vault, endpoint: WebhookEndpoint) -> Secrets:
-    return unseal(
-        vault,
-        tenant_id=endpoint.tenant_id,
-        endpoint_id=endpoint.id,
-        key_id=endpoint.secret_key_id,
-        nonce=endpoint.secret_nonce,
-        ciphertext=endpoint.secret_ciphertext,
-    )
 
 
 # --- endpoints
@@ -272,7 +265,7 @@ async def delete(m: Mutation, endpoint_id: str, *, precondition: Precondition | 
 async def rotate_secret(m: Mutation, vault: Vault, endpoint_id: str, *, overlap_seconds: float) -> IssuedSecret:
     """A new secret; the current one keeps signing beside it for `overlap_seconds`."""
     endpoint = await get(m.session, endpoint_id)
-    old = _unseal(vault, endpoint)
+    old = unseal(vault, endpoint)
     secret = new_secret()
     keep = overlap_seconds > 0
     _seal(vault, endpoint, Secrets(secret, old.current if keep else None))
