@@ -59,6 +59,32 @@ class TokenStore(Protocol):
         ...
 
 
+class StoredSecrets(Protocol):
+    """A connection's decrypted secrets (``core.credentials.Credentials`` by shape)."""
+
+    @property
+    def secrets(self) -> Mapping[str, str]: ...
+
+    @property
+    def token(self) -> Mapping[str, Any] | None: ...
+
+
+class StoredConnection(Protocol):
+    """A tenant connection as its host loaded it (``core.connections.LoadedConnection`` by shape)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def tenant_id(self) -> str: ...
+
+    @property
+    def config(self) -> Mapping[str, Any]: ...
+
+    @property
+    def credentials(self) -> StoredSecrets | None: ...
+
+
 def classify(exc: BaseException) -> str:
     """What a failed call says about the connection's health (the values of
     ``core.connections.Outcome``):
@@ -302,6 +328,14 @@ class ConnectorHost:
         )
         connector = cls(config=parsed, credentials=dict(token or {}), http=http)
         return LiveConnector(connector=connector, http=http, breaker=breaker)
+
+    def build_for(self, cls: type[Connector], connection: StoredConnection, store: TokenStore | None) -> LiveConnector:
+        """`build` for a connection as the host's store loaded it (decrypted credentials, if any)."""
+        found = connection.credentials
+        return self.build(
+            cls, tenant_id=connection.tenant_id, connection_id=connection.id, config=connection.config,
+            secrets=found.secrets if found else {}, token=found.token if found else None, store=store,
+        )  # fmt: skip
 
     async def refresh_now(
         self,

@@ -37,7 +37,7 @@ from connectors.sdk import (
 )
 from core import runs, syncs
 from core.connections import ConnectionStatus, ConnectionStore, Outcome
-from core.credentials import Credentials, CredentialStatus
+from core.credentials import CredentialStatus
 from core.errors import NotFound
 from core.jsonable import normalise
 from core.models import utcnow
@@ -76,12 +76,8 @@ async def _live(runtime: WorkerRuntime, tenant_id: str, connection_id: str, run_
         ) from None
     if loaded.credential_status == CredentialStatus.REVOKED:
         raise SyncFailed("AUTH_ERROR", "The connection's credentials were revoked; reconnect it", Outcome.AUTH_FAILED)
-    found = loaded.credentials or Credentials()
     try:
-        return runtime.connector_host.build(
-            cls, tenant_id=tenant_id, connection_id=connection_id, config=loaded.config,
-            secrets=found.secrets, token=found.token, store=store,
-        )  # fmt: skip
+        return runtime.connector_host.build_for(cls, loaded, store)
     except ValueError:  # the configuration no longer validates (secrets removed, say)
         raise SyncFailed("CONFIG_INCOMPLETE", "The connection's configuration is incomplete") from None
 

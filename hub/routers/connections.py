@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import to_jsonable_python
 from sqlalchemy import select
 
-from connectors.host import LiveConnector, SplitConfig, parse_config, split_config
+from connectors.host import SplitConfig, parse_config, split_config
 from connectors.oauth import authorization_request
 from connectors.registry import ConnectorNotFound
 from connectors.sdk import Connector, OAuth2AuthorizationCode, OAuth2ClientCredentials
@@ -286,19 +286,6 @@ async def _runnable(
     except ValidationError:
         raise Conflict("The connection's configuration is incomplete (were its credentials removed?); PATCH it") from None
     return cls, loaded, store
-
-
-def _live(state: HubState, cls: type[Connector], loaded: LoadedConnection, store: ConnectionStore) -> LiveConnector:
-    found = loaded.credentials or Credentials()
-    return state.connector_host.build(
-        cls,
-        tenant_id=loaded.tenant_id,
-        connection_id=loaded.id,
-        config=loaded.config,
-        secrets=found.secrets,
-        token=found.token,
-        store=store,
-    )
 
 
 async def _current_view(state: HubState, m: Mutation, connection_id: str) -> ConnectionOut:
@@ -676,7 +663,7 @@ async def check_connection(
     request: Request, state: State, principal: Admin, connection_id: ConnectionId, _key: IdempotencyKey = None
 ) -> Response:
     cls, loaded, store = await _runnable(request, state, principal, connection_id)
-    live = _live(state, cls, loaded, store)
+    live = state.connector_host.build_for(cls, loaded, store)
 
     async def call() -> CallResult[None]:
         return await timed_call(live.connector.check, timeout=state.settings.connector_timeout_seconds)
@@ -740,7 +727,7 @@ async def execute_action(
         raise ValidationFailed(
             f"The parameters do not fit {cls.key}.{action}", details=_config_errors(exc, ("body",))
         ) from None
-    live = _live(state, cls, loaded, store)
+    live = state.connector_host.build_for(cls, loaded, store)
 
     async def call() -> CallResult[Any]:
         return await timed_call(
