@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
@@ -465,6 +466,22 @@ async def delete_connection(
     return await perform(request, state, principal, action)
 
 
+Switch = Callable[[Mutation, ConnectionCredential | None, connections.Precondition], Awaitable[Connection]]
+
+
+async def _switch(request: Request, state: HubState, principal: Principal, connection_id: str, switch: Switch) -> Response:
+    """Disable or enable a connection (`switch`), checking If-Match on the current row."""
+    tags = etags.if_match(request)
+    breaker = await _breaker_state(state, principal.tenant_id, connection_id)
+
+    async def action(m: Mutation) -> WriteOutcome:
+        row = await credentials.find(m.session, connection_id)
+        connection = await switch(m, row, _precondition(tags, breaker, row))
+        return WriteOutcome(200, _view(state, connection, row, breaker), {"ETag": _etag(connection, breaker, row)})
+
+    return await perform(request, state, principal, action)
+
+
 @router.post(
     "/{connection_id}/disable",
     response_model=ConnectionOut,
@@ -479,15 +496,10 @@ async def disable_connection(
     _key: IdempotencyKey = None,
     _if_match: IfMatch = None,
 ) -> Response:
-    tags = etags.if_match(request)
-    breaker = await _breaker_state(state, principal.tenant_id, connection_id)
+    async def disable(m: Mutation, row: ConnectionCredential | None, precondition: connections.Precondition) -> Connection:
+        return await connections.disable(m, connection_id, precondition=precondition)
 
-    async def action(m: Mutation) -> WriteOutcome:
-        row = await credentials.find(m.session, connection_id)
-        connection = await connections.disable(m, connection_id, precondition=_precondition(tags, breaker, row))
-        return WriteOutcome(200, _view(state, connection, row, breaker), {"ETag": _etag(connection, breaker, row)})
-
-    return await perform(request, state, principal, action)
+    return await _switch(request, state, principal, connection_id, disable)
 
 
 @router.post(
@@ -505,19 +517,12 @@ async def enable_connection(
     _key: IdempotencyKey = None,
     _if_match: IfMatch = None,
 ) -> Response:
-    tags = etags.if_match(request)
-    breaker = await _breaker_state(state, principal.tenant_id, connection_id)
-
-    async def action(m: Mutation) -> WriteOutcome:
+    async def enable(m: Mutation, row: ConnectionCredential | None, precondition: connections.Precondition) -> Connection:
         connection = await connections.get(m.session, connection_id)
-        row = await credentials.find(m.session, connection_id)
         ready = _ready_status(connector_class(state, connection.connector_key), row)
-        connection = await connections.enable(
-            m, connection_id, ready=ready, precondition=_precondition(tags, breaker, row)
-        )
-        return WriteOutcome(200, _view(state, connection, row, breaker), {"ETag": _etag(connection, breaker, row)})
+        return await connections.enable(m, connection_id, ready=ready, precondition=precondition)
 
-    return await perform(request, state, principal, action)
+    return await _switch(request, state, principal, connection_id, enable)
 
 
 # -- credentials ----------------------------------------------------------------------------
