@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.db import DriverStatement, raw_table
+from core.db import DriverStatement, json_text, stamper
 from core.identity import Principal
 from core.ids import new_id
-from core.jsonable import dumps, iso, normalise
+from core.jsonable import dumps, iso
 from core.models import AuditEvent, AuditHead
 
 GENESIS_HASH = "0" * 64
@@ -25,9 +26,11 @@ _HEADS = AuditHead.__table__
 _LOCK_HEAD = (
     select(_HEADS.c.id, _HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.tenant_id == bindparam("tenant_id")).with_for_update()
 )
-_INSERT_EVENTS = DriverStatement(
-    insert(raw_table(AuditEvent)).values({c.name: bindparam(c.name) for c in AuditEvent.__table__.columns})
-)
+_COLUMNS = (
+    "id", "tenant_id", "seq", "event_type", "actor_kind", "actor_id", "actor_roles", "resource_type", "resource_id",
+    "changes", "request_id", "idempotency_key", "occurred_at", "prev_hash", "hash",
+)  # fmt: skip
+_INSERT_EVENTS = DriverStatement.insert(AuditEvent, _COLUMNS)
 
 
 def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
@@ -39,8 +42,12 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[st
     return {"before": {k: before.get(k) for k in keys}, "after": {k: after.get(k) for k in keys}}
 
 
-def event_hash(prev_hash: str, row: dict[str, Any], *, occurred_at: str | None = None) -> str:
-    """The event's hash; `occurred_at`, when given, is `iso(row["occurred_at"])` already."""
+def event_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    """The event's hash, over its fields as stored (`row`: the event's columns)."""
+    return _hash(prev_hash, row, iso(row["occurred_at"]), row["changes"])
+
+
+def _hash(prev_hash: str, row: dict[str, Any], occurred_at: str, changes: Any) -> str:
     material = {
         "id": row["id"],
         "tenant_id": row["tenant_id"],
@@ -51,10 +58,10 @@ def event_hash(prev_hash: str, row: dict[str, Any], *, occurred_at: str | None =
         "actor_roles": row["actor_roles"],
         "resource_type": row["resource_type"],
         "resource_id": row["resource_id"],
-        "changes": row["changes"],
+        "changes": changes,
         "request_id": row["request_id"],
         "idempotency_key": row["idempotency_key"],
-        "occurred_at": iso(row["occurred_at"]) if occurred_at is None else occurred_at,
+        "occurred_at": occurred_at,
         "prev_hash": prev_hash,
     }
     return hashlib.sha256(dumps(material, sort_keys=True)).hexdigest()
@@ -74,11 +81,12 @@ class AuditTrail:
         self._start_seq = head.seq
         self._seq = head.seq
         self._hash = head.hash
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[tuple[Any, ...]] = []
+        self._stamp = stamper(session)
         # The events of a transaction mostly share one actor and one timestamp: what is
         # derived from them is worked out once.
-        self._occurred_at: tuple[datetime, str] | None = None
-        self._actor: tuple[Principal, list[str]] | None = None
+        self._occurred_at: tuple[datetime, str, Any] | None = None  # (given, as hashed, as stored)
+        self._actor: tuple[Principal, list[str], str | None] | None = None  # (given, roles, roles as stored)
 
     @classmethod
     async def begin(cls, session: AsyncSession) -> AuditTrail:
@@ -100,9 +108,13 @@ class AuditTrail:
     ) -> None:
         self._seq += 1
         if self._actor is None or self._actor[0] is not principal:
-            self._actor = (principal, principal.sorted_roles)
+            roles = principal.sorted_roles
+            self._actor = (principal, roles, json_text(roles))
         if self._occurred_at is None or self._occurred_at[0] != occurred_at:
-            self._occurred_at = (occurred_at, iso(occurred_at))
+            self._occurred_at = (occurred_at, iso(occurred_at), self._stamp(occurred_at))
+        # The changes as their JSON column will hold them, encoded once: with sorted keys
+        # it is also the text the hash covers (what a stored event's changes encode to).
+        changes_json = dumps(changes, sort_keys=True)
         row = {
             "id": new_id(),
             "tenant_id": principal.tenant_id,
@@ -113,14 +125,16 @@ class AuditTrail:
             "actor_roles": self._actor[1],
             "resource_type": resource_type,
             "resource_id": resource_id,
-            "changes": normalise(changes),
             "request_id": request_id,
             "idempotency_key": idempotency_key,
-            "occurred_at": occurred_at,
-            "prev_hash": self._hash,
         }
-        row["hash"] = self._hash = event_hash(self._hash, row, occurred_at=self._occurred_at[1])
-        self._pending.append(row)
+        prev_hash = self._hash
+        self._hash = _hash(prev_hash, row, self._occurred_at[1], orjson.Fragment(changes_json))
+        self._pending.append(
+            (row["id"], row["tenant_id"], self._seq, event_type, principal.actor_kind, principal.actor_id,
+             self._actor[2], resource_type, resource_id, changes_json.decode(), request_id, idempotency_key,
+             self._occurred_at[2], prev_hash, self._hash)
+        )  # fmt: skip
 
     @property
     def written(self) -> int:

@@ -3,16 +3,17 @@ outbox events are written together or not at all."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from functools import cached_property
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, outbox
-from core.db import Database
+from core.db import Database, Stamp, day_of, stamper
 from core.identity import Principal
 from core.models import utcnow
 
@@ -41,6 +42,15 @@ class Mutation:
     @property
     def tenant_id(self) -> str:
         return self.context.tenant_id
+
+    @cached_property
+    def driver_stamp(self) -> Stamp:
+        """How the session's driver takes a timestamp (for `core.db.DriverStatement` rows)."""
+        return stamper(self.session)
+
+    @cached_property
+    def driver_day(self) -> Callable[[date | None], Any]:
+        return day_of(self.session)
 
     def record(
         self,

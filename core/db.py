@@ -15,10 +15,12 @@ from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import column, event, table
+from sqlalchemy import bindparam, column, event, insert, table, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -126,11 +128,11 @@ def _json_text(value: Any) -> str:
 # At thousands of rows per second SQLAlchemy's per-value work (parameter construction,
 # the type decorators' bind processing) is most of the cost of a bulk write. A
 # `DriverStatement` is compiled once per dialect and run as one executemany on the
-# driver, each value turned by its Python type into the form the column's type would
-# have written: a UTC timestamp as SQLite's DATETIME text or an aware datetime for
-# PostgreSQL, a date as ISO text on SQLite, a Decimal as its plain text (`DecimalText`),
-# a dict or list as JSON text; a str is taken as it is (JSON columns may be given their
-# text). Its rows carry `tenant_id` themselves: no ORM event scopes these statements.
+# driver. Its rows are tuples of values as the driver takes them, which the callers
+# build with the helpers below: a timestamp through `stamper` (SQLite's DATETIME text, or
+# the aware datetime for asyncpg), a date through `day_of`, a Decimal as `decimal_text`,
+# JSON as `json_text`. The rows carry `tenant_id` themselves: no ORM event scopes these
+# statements.
 
 
 @lru_cache(maxsize=256)  # the rows of a transaction share their timestamps
@@ -142,15 +144,52 @@ def _sqlite_time(value: datetime) -> str:
     return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
-def _decimal_text(value: Decimal) -> str:
+def _sqlite_stamp(value: datetime | None) -> str | None:
+    return None if value is None else _sqlite_time(value)
+
+
+def _sqlite_day(value: date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+Stamp = Callable[[datetime | None], Any]
+
+
+def _dialect_name(where: Database | AsyncSession | str) -> str:
+    if isinstance(where, str):
+        return where
+    if isinstance(where, Database):
+        return where.dialect
+    return where.bind.dialect.name
+
+
+def stamper(where: Database | AsyncSession | str) -> Stamp:
+    """How this database's driver takes a UTC timestamp (or None)."""
+    return _sqlite_stamp if _dialect_name(where) == "sqlite" else _same
+
+
+def day_of(where: Database | AsyncSession | str) -> Callable[[date | None], Any]:
+    """How this database's driver takes a date (or None)."""
+    return _sqlite_day if _dialect_name(where) == "sqlite" else _same
+
+
+def decimal_text(value: Decimal | None) -> str | None:
+    """A `DecimalText` column's value: the plain digits, never exponent form."""
+    if value is None:
+        return None
     text = str(value)  # a third of format()'s cost, and the same text unless in exponent form
     return format(value, "f") if "E" in text else text
 
 
-_DRIVER_FORMS: dict[str, dict[type, Callable[[Any], Any]]] = {
-    "sqlite": {datetime: _sqlite_time, date: date.isoformat, Decimal: _decimal_text, dict: _json_text, list: _json_text},
-    "postgresql": {Decimal: _decimal_text, dict: _json_text, list: _json_text},
-}
+def json_text(value: Any) -> str | None:
+    """A JSON column's value; a str is taken as JSON text already."""
+    if value is None or isinstance(value, str):
+        return value
+    return _json_text(value)
 
 
 def raw_table(model: type[Base]) -> TableClause:
@@ -158,32 +197,82 @@ def raw_table(model: type[Base]) -> TableClause:
     return table(model.__tablename__, *(column(c.name) for c in model.__table__.columns))
 
 
+def binds(names: Sequence[str]) -> dict[str, Any]:
+    return {name: bindparam(name) for name in names}
+
+
+_PG = postgresql.dialect()
+
+
+def pg_arrays(model: type[Base], columns: Sequence[str]) -> str:
+    """`unnest($1::type[], $2::type[], ...)` of the model's columns' PostgreSQL types."""
+    types = [model.__table__.c[name].type.compile(dialect=_PG) for name in columns]
+    return "unnest(" + ", ".join(f"${n}::{t}[]" for n, t in enumerate(types, 1)) + ")"
+
+
 class DriverStatement:
-    """A statement (built from a `raw_table`, with a bind parameter per value) run as one
-    executemany straight on the driver; rows are dicts of bind names to Python values."""
+    """A statement compiled once per dialect and run as one executemany straight on the
+    driver (no per-value processing). Rows are tuples of the values of `binds`, in that
+    order, as the driver takes them.
 
-    def __init__(self, statement: Any) -> None:
-        self._statement = statement
-        self._compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
+    With `postgresql` (SQL taking one array per bind, in `binds` order, through unnest()),
+    PostgreSQL runs it once for all the rows: a statement per row was most of the
+    server's work and much of the driver's."""
 
-    def _sql(self, dialect: Any) -> tuple[str, tuple[str, ...]]:
+    def __init__(
+        self, build: Callable[[str], Any] | Any, binds: Sequence[str], *, postgresql: str | None = None
+    ) -> None:
+        self._build = build if callable(build) else (lambda dialect: build)
+        self._binds = tuple(binds)
+        self._postgresql = postgresql
+        self._compiled: dict[str, tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]] = {}
+
+    @classmethod
+    def insert(cls, model: type[Base], columns: Sequence[str] | None = None) -> DriverStatement:
+        """INSERT of `columns` (all the model's, by default, in table order)."""
+        names = tuple(columns or (c.name for c in model.__table__.columns))
+        pg = f"INSERT INTO {model.__tablename__} ({', '.join(names)}) SELECT * FROM {pg_arrays(model, names)}"
+        return cls(insert(raw_table(model)).values(binds(names)), names, postgresql=pg)
+
+    @classmethod
+    def update(cls, model: type[Base], keys: Sequence[str], columns: Sequence[str]) -> DriverStatement:
+        """UPDATE setting `columns` of the rows matching `keys`; rows are the keys' values
+        then the columns', in that order."""
+        names = (*keys, *columns)
+        raw = raw_table(model)
+        stmt = (
+            update(raw)
+            .where(*(raw.c[k] == bindparam(f"b_{k}") for k in keys))
+            .values({c: bindparam(f"b_{c}") for c in columns})
+        )
+        pg = (
+            f"UPDATE {model.__tablename__} AS t SET "
+            + ", ".join(f"{c} = u.{c}" for c in columns)
+            + f" FROM {pg_arrays(model, names)} AS u({', '.join(names)}) WHERE "
+            + " AND ".join(f"t.{k} = u.{k}" for k in keys)
+        )
+        return cls(stmt, [f"b_{n}" for n in names], postgresql=pg)
+
+    def _sql(self, dialect: Any) -> tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]:
         found = self._compiled.get(dialect.name)
         if found is None:
-            compiled = self._statement.compile(dialect=dialect)
-            found = self._compiled[dialect.name] = (str(compiled), tuple(compiled.positiontup or ()))
+            compiled = self._build(dialect.name).compile(dialect=dialect)
+            order = tuple(compiled.positiontup or ())
+            if sorted(order) != sorted(self._binds):
+                raise ValueError(f"the statement binds {order}, not {self._binds}")
+            pick = None if order == self._binds else itemgetter(*(self._binds.index(name) for name in order))
+            found = self._compiled[dialect.name] = (str(compiled), pick)
         return found
 
-    async def executemany(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    async def executemany(self, session: AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
         connection = await session.connection()
-        sql, order = self._sql(connection.dialect)
-        forms = _DRIVER_FORMS[connection.dialect.name]
-        params = [
-            tuple([v if (form := forms.get(type(v))) is None else form(v) for v in map(row.__getitem__, order)])
-            for row in rows
-        ]
-        await connection.exec_driver_sql(sql, params)
+        if self._postgresql is not None and connection.dialect.name == "postgresql":
+            await connection.exec_driver_sql(self._postgresql, tuple(map(list, zip(*rows, strict=True))))
+            return
+        sql, pick = self._sql(connection.dialect)
+        await connection.exec_driver_sql(sql, list(rows) if pick is None else [pick(row) for row in rows])
 
 
 class Database:

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import String, bindparam, func, insert, select, update
+from sqlalchemy import String, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.changes import ChangeContext, Mutation
-from core.db import DriverStatement, TenantScopeMissing, raw_table
+from core.db import DriverStatement, TenantScopeMissing, decimal_text, json_text
 from core.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from core.ids import new_id
 from core.models import Deal, DealRef
@@ -47,6 +48,7 @@ def view(deal: Deal | DealRow) -> DealOut:
     )
 
 
+@lru_cache(maxsize=256)  # a transaction's deals share their timestamps
 def _json_time(value: datetime) -> str:
     # As pydantic writes a datetime: ISO 8601, "Z" for UTC, no zero microseconds.
     text = value.isoformat()
@@ -193,14 +195,6 @@ class DealRow:
     updated_at: datetime
     deleted_at: datetime | None = None
 
-    def row(self, tenant_id: str) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "tenant_id": tenant_id,
-            **{f: getattr(self, f) for f in _WRITTEN_COLUMNS},
-            "created_at": self.created_at,
-        }
-
 
 def _draft(m: Mutation, fields: DealFields, system: str, external_id: str) -> DealRow:
     return DealRow(
@@ -213,22 +207,28 @@ def _draft(m: Mutation, fields: DealFields, system: str, external_id: str) -> De
     )
 
 
-def _insert_all(model: type[Deal | DealRef]) -> DriverStatement:
-    return DriverStatement(insert(raw_table(model)).values({c.name: bindparam(c.name) for c in model.__table__.columns}))
+_DEAL_COLUMNS = ("id", "tenant_id", *BUSINESS_FIELDS, "version", "created_at", "updated_at", "deleted_at")
+_INSERT_DEALS = DriverStatement.insert(Deal, _DEAL_COLUMNS)
+_INSERT_REFS = DriverStatement.insert(DealRef, ("id", "tenant_id", "deal_id", "system", "external_id", "created_at"))
 
 
-_INSERT_DEALS = _insert_all(Deal)
-_INSERT_REFS = _insert_all(DealRef)
+def _fields(m: Mutation, deal: DealRow) -> tuple[Any, ...]:
+    """The deal's business fields and version as the driver takes them."""
+    return (
+        deal.name, deal.stage, decimal_text(deal.amount), deal.currency, m.driver_day(deal.close_date), deal.company,
+        deal.owner, json_text(deal.attributes), deal.version,
+    )  # fmt: skip
 
 
 async def _bulk_insert(m: Mutation, drafts: Sequence[DealRow]) -> None:
     if drafts:
-        await _INSERT_DEALS.executemany(m.session, [d.row(m.tenant_id) for d in drafts])
-        refs = [
-            {"id": r.id, "tenant_id": m.tenant_id, "deal_id": d.id, "system": r.system,
-             "external_id": r.external_id, "created_at": r.created_at}
-            for d in drafts for r in d.refs
-        ]  # fmt: skip
+        tenant_id, stamp = m.tenant_id, m.driver_stamp
+        rows = [
+            (d.id, tenant_id, *_fields(m, d), stamp(d.created_at), stamp(d.updated_at), stamp(d.deleted_at))
+            for d in drafts
+        ]
+        await _INSERT_DEALS.executemany(m.session, rows)
+        refs = [(r.id, tenant_id, d.id, r.system, r.external_id, stamp(r.created_at)) for d in drafts for r in d.refs]
         await _INSERT_REFS.executemany(m.session, refs)
 
 
@@ -284,22 +284,16 @@ def _apply(m: Mutation, deal: Deal | DealRow, values: dict[str, Any]) -> list[st
 
 
 _WRITTEN_COLUMNS = (*BUSINESS_FIELDS, "version", "updated_at", "deleted_at")
-_DEALS = raw_table(Deal)
-# One statement for any number of changed deals (an executemany): the ORM would
-# send one UPDATE per row to check each row count.
-_BULK_UPDATE = DriverStatement(
-    update(_DEALS)
-    .where(_DEALS.c.tenant_id == bindparam("b_tenant_id"), _DEALS.c.id == bindparam("b_id"))
-    .values({c: bindparam(f"b_{c}") for c in _WRITTEN_COLUMNS})
-)
+# One statement for any number of changed deals (an executemany, or one UPDATE from
+# arrays on PostgreSQL): the ORM would send one UPDATE per row to check each row count.
+_BULK_UPDATE = DriverStatement.update(Deal, ("tenant_id", "id"), _WRITTEN_COLUMNS)
 
 
 async def _bulk_update(m: Mutation, deals: Sequence[DealRow]) -> None:
     if deals:
-        rows = [
-            {"b_tenant_id": m.tenant_id, "b_id": d.id, **{f"b_{c}": getattr(d, c) for c in _WRITTEN_COLUMNS}}
-            for d in deals
-        ]
+        tenant_id = m.tenant_id
+        stamp = m.driver_stamp
+        rows = [(tenant_id, d.id, *_fields(m, d), stamp(d.updated_at), stamp(d.deleted_at)) for d in deals]
         await _BULK_UPDATE.executemany(m.session, rows)
 
 
@@ -374,6 +368,8 @@ def _lookup(columns: Sequence[Any], column: Any, name: str, *, postgresql: bool,
 # a cached one). Core statements on the tables, each naming its tenant: the ORM's tenant
 # scope (core.db) more than doubled the cost of running one.
 _REFS_T, _DEALS_T = DealRef.__table__, Deal.__table__
+# In DealRow's order (less `refs`).
+_LOADED_COLUMNS = ("id", *BUSINESS_FIELDS, "version", "created_at", "updated_at", "deleted_at")
 _REF_COLUMNS = tuple(_REFS_T.c[c] for c in ("deal_id", "id", "system", "external_id", "created_at"))
 _LOOKUPS = {
     postgresql: (
@@ -382,7 +378,7 @@ _LOOKUPS = {
             where=(_REFS_T.c.tenant_id == bindparam("tenant_id")) & (_REFS_T.c.system == bindparam("system")),
         ),
         _lookup(
-            [_DEALS_T.c[c] for c in ("id", *_WRITTEN_COLUMNS, "created_at")], _DEALS_T.c.id, "deal_ids",
+            [_DEALS_T.c[c] for c in _LOADED_COLUMNS], _DEALS_T.c.id, "deal_ids",
             postgresql=postgresql, where=_DEALS_T.c.tenant_id == bindparam("tenant_id"),
         ),
         # In the order of the ORM relationship `Deal.refs`.
@@ -417,7 +413,7 @@ async def _load_by_refs(session: AsyncSession, keys: Sequence[tuple[str, str]]) 
     deal_ids = {"tenant_id": tenant_id, "deal_ids": list(set(deal_of.values()))}
     deals: dict[str, DealRow] = {}
     for row in await session.execute(deals_by_id, deal_ids):
-        deals[row.id] = DealRow(**row._mapping, refs=[])
+        deals[row[0]] = DealRow(row[0], *row[1:9], [], *row[9:])
     for deal_id, *ref in await session.execute(refs_of_deals, deal_ids):
         deals[deal_id].refs.append(RefRow(*ref))
     return {key: deals[deal_id] for key, deal_id in deal_of.items()}

@@ -13,10 +13,9 @@ and receivers dedupe by `webhook-id` (the event id, the same on every attempt).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -27,7 +26,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     column,
-    insert,
     literal_column,
     null,
     or_,
@@ -43,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import webhooks
 from core.changes import Mutation
-from core.db import Database
+from core.db import Database, DriverStatement, binds, pg_arrays, stamper
 from core.errors import Conflict, NotFound
 from core.ids import new_ids
 from core.jsonable import dumps
@@ -160,7 +158,6 @@ class Recorded:
 # or a datetime for PostgreSQL; an event's payload as the JSON text the database holds.
 
 RAW_DELIVERIES = table("webhook_deliveries", *(column(c.name) for c in WebhookDelivery.__table__.c))
-RAW_ATTEMPTS = table("webhook_attempts", *(column(c.name) for c in WebhookAttempt.__table__.c))
 RAW_EVENTS = table("outbox_events", *(column(c.name) for c in OutboxEvent.__table__.c))
 # An event as the hot path reads it: its timestamps as the driver gives them (SQLite's
 # text, or a datetime), its payload as the JSON text the database holds.
@@ -187,26 +184,6 @@ class EventRow(NamedTuple):
     payload: str
     occurred_at: Any
     created_at: Any
-
-
-Stamp = Callable[[datetime | None], Any]
-
-
-def _sqlite_stamp(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.utcoffset():
-        value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def _same(value: datetime | None) -> datetime | None:
-    return value
-
-
-def stamper(db: Database) -> Stamp:
-    """How this database's driver takes a timestamp on the hot path."""
-    return _sqlite_stamp if db.is_sqlite else _same
 
 
 def _iso(value: datetime | str) -> str:
@@ -347,60 +324,6 @@ async def claim_due(
     return due
 
 
-class DriverStatement:
-    """A statement compiled once per dialect and run as one executemany straight on the
-    driver (no per-value processing). Rows are tuples of the values of `binds`, in that
-    order, as the driver takes them.
-
-    With `postgresql` (SQL taking one array per bind, in `binds` order, through unnest()),
-    PostgreSQL runs it once for all the rows: a statement per row was most of the
-    server's work and much of the driver's."""
-
-    def __init__(self, build: Callable[[str], Any], binds: Sequence[str], *, postgresql: str | None = None) -> None:
-        self._build = build
-        self._binds = tuple(binds)
-        self._postgresql = postgresql
-        self._compiled: dict[str, tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]] = {}
-
-    def _sql(self, dialect: Any) -> tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]:
-        found = self._compiled.get(dialect.name)
-        if found is None:
-            compiled = self._build(dialect.name).compile(dialect=dialect)
-            order = tuple(compiled.positiontup or ())
-            if sorted(order) != sorted(self._binds):
-                raise ValueError(f"the statement binds {order}, not {self._binds}")
-            pick = None if order == self._binds else itemgetter(*(self._binds.index(name) for name in order))
-            found = self._compiled[dialect.name] = (str(compiled), pick)
-        return found
-
-    async def executemany(self, session: AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        connection = await session.connection()
-        if self._postgresql is not None and connection.dialect.name == "postgresql":
-            await connection.exec_driver_sql(self._postgresql, tuple(map(list, zip(*rows, strict=True))))
-            return
-        sql, pick = self._sql(connection.dialect)
-        await connection.exec_driver_sql(sql, list(rows) if pick is None else [pick(row) for row in rows])
-
-
-_PG = postgresql.dialect()
-
-
-def _arrays(model: Any, columns: Sequence[str]) -> str:
-    """`unnest($1::type[], $2::type[], ...)` of the model's columns' PostgreSQL types."""
-    types = [model.__table__.c[name].type.compile(dialect=_PG) for name in columns]
-    return "unnest(" + ", ".join(f"${n}::{t}[]" for n, t in enumerate(types, 1)) + ")"
-
-
-def _pg_insert(model: Any, columns: Sequence[str], suffix: str = "") -> str:
-    return f"INSERT INTO {model.__tablename__} ({', '.join(columns)}) SELECT * FROM {_arrays(model, columns)}{suffix}"
-
-
-def _binds(columns: Sequence[str]) -> dict[str, Any]:
-    return {name: bindparam(name) for name in columns}
-
-
 DELIVERY_COLUMNS = (
     "id", "tenant_id", "endpoint_id", "event_id", "event_type", "status", "attempts", "total_attempts",
     "next_attempt_at", "lease_until", "lease_owner", "created_at", "updated_at",
@@ -414,7 +337,7 @@ ATTEMPT_COLUMNS = (
 def _insert_deliveries(dialect: str) -> Any:
     insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
     # A delivery that exists already is kept (sending it twice is harmless).
-    return insert_(RAW_DELIVERIES).values(_binds(DELIVERY_COLUMNS)).on_conflict_do_nothing(
+    return insert_(RAW_DELIVERIES).values(binds(DELIVERY_COLUMNS)).on_conflict_do_nothing(
         index_elements=["endpoint_id", "event_id"]
     )
 
@@ -441,7 +364,7 @@ _PG_NEW_DELIVERIES = (
     "CASE WHEN u.leased THEN $7::timestamptz ELSE $8::timestamptz END, "
     "CASE WHEN u.leased THEN $7::timestamptz END, CASE WHEN u.leased THEN $9::varchar END, "
     "$8::timestamptz, $8::timestamptz FROM "
-    + _arrays(WebhookDelivery, ("id", "tenant_id", "endpoint_id", "event_id", "event_type"))[:-1]
+    + pg_arrays(WebhookDelivery, ("id", "tenant_id", "endpoint_id", "event_id", "event_type"))[:-1]
     + ", $6::boolean[]) AS u(id, tenant_id, endpoint_id, event_id, event_type, leased) "
     "ON CONFLICT (endpoint_id, event_id) DO NOTHING"
 )
@@ -465,11 +388,7 @@ async def insert_deliveries(session: AsyncSession, rows: Sequence[NewDelivery], 
         for id_, tenant, endpoint, event, type_, leased in rows
     ]  # fmt: skip
     await INSERT_DELIVERIES.executemany(session, full)
-INSERT_ATTEMPTS = DriverStatement(
-    lambda dialect: insert(RAW_ATTEMPTS).values(_binds(ATTEMPT_COLUMNS)),
-    ATTEMPT_COLUMNS,
-    postgresql=_pg_insert(WebhookAttempt, ATTEMPT_COLUMNS),
-)
+INSERT_ATTEMPTS = DriverStatement.insert(WebhookAttempt, ATTEMPT_COLUMNS)
 # What FINISH_DELIVERIES sets, by bind name: the column it sets, or None for the key.
 _FINISH = {
     "b_id": None, "b_status": "status", "b_attempts": "attempts", "b_total": "total_attempts",
@@ -498,7 +417,7 @@ FINISH_DELIVERIES = DriverStatement(
         "UPDATE webhook_deliveries AS d SET "
         + ", ".join(f"{c} = u.{b}" for b, c in _FINISH.items() if c is not None)
         + ", lease_until = NULL, lease_owner = NULL FROM "
-        + _arrays(WebhookDelivery, ["id" if c is None else c for c in _FINISH.values()])
+        + pg_arrays(WebhookDelivery, ["id" if c is None else c for c in _FINISH.values()])
         + f" AS u({', '.join(_FINISH)}) WHERE d.id = u.b_id"
     ),
 )

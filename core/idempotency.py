@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.db import DriverStatement, raw_table
+from core.db import DriverStatement, json_text
 from core.errors import IdempotencyKeyReused, ValidationFailed
 from core.models import IdempotencyRecord, utcnow
 
@@ -135,21 +135,9 @@ async def claim(
     return (actor, key) in taken
 
 
-_RAW_RECORDS = raw_table(IdempotencyRecord)
 # One executemany on the driver; not scoped by the ORM, so the tenant is named here.
-_COMPLETE = DriverStatement(
-    update(_RAW_RECORDS)
-    .where(
-        _RAW_RECORDS.c.tenant_id == bindparam("b_tenant"),
-        _RAW_RECORDS.c.actor == bindparam("b_actor"),
-        _RAW_RECORDS.c.key == bindparam("b_key"),
-    )
-    .values(
-        status_code=bindparam("b_status"),
-        content_type=bindparam("b_type"),
-        body=bindparam("b_body"),
-        headers=bindparam("b_headers"),
-    )
+_COMPLETE = DriverStatement.update(
+    IdempotencyRecord, ("tenant_id", "actor", "key"), ("status_code", "content_type", "body", "headers")
 )
 
 
@@ -158,21 +146,8 @@ async def complete_many(session: AsyncSession, responses: Sequence[tuple[str, st
     if not responses:
         return
     tenant_id = session.info["tenant_id"]
-    await _COMPLETE.executemany(
-        session,
-        [
-            {
-                "b_tenant": tenant_id,
-                "b_actor": actor,
-                "b_key": key,
-                "b_status": r.status_code,
-                "b_type": r.content_type,
-                "b_body": r.body,
-                "b_headers": r.headers,
-            }
-            for actor, key, r in responses
-        ],
-    )
+    rows = [(tenant_id, actor, key, r.status_code, r.content_type, r.body, json_text(r.headers)) for actor, key, r in responses]
+    await _COMPLETE.executemany(session, rows)
 
 
 async def complete(session: AsyncSession, *, actor: str, key: str, response: StoredResponse) -> None:

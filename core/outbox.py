@@ -5,24 +5,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.db import DriverStatement, raw_table
+from core.db import DriverStatement, stamper
 from core.ids import new_id
 from core.jsonable import dumps, iso
 from core.models import OutboxEvent, utcnow
 
-_INSERT_EVENTS = DriverStatement(
-    insert(raw_table(OutboxEvent)).values({c.name: bindparam(c.name) for c in OutboxEvent.__table__.columns})
-)
+_COLUMNS = (
+    "id", "tenant_id", "event_type", "resource_type", "resource_id", "payload", "occurred_at", "created_at",
+    "published_at",
+)  # fmt: skip
+_INSERT_EVENTS = DriverStatement.insert(OutboxEvent, _COLUMNS)
 
 
 class Outbox:
     def __init__(self, session: AsyncSession, tenant_id: str) -> None:
         self._session = session
         self._tenant_id = tenant_id
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[tuple[Any, ...]] = []
+        self._stamp = stamper(session)
         # Events flushed so far: after the commit, a non-zero count means "nudge the relay".
         self.written = 0
         self.last_event_id: str | None = None
@@ -38,20 +40,12 @@ class Outbox:
     ) -> str:
         event_id = new_id()
         self.last_event_id = event_id
+        stamp = self._stamp
         self._pending.append(
-            {
-                "id": event_id,
-                "tenant_id": self._tenant_id,
-                "event_type": event_type,
-                "resource_type": resource_type,
-                "resource_id": resource_id,
-                # As the JSON column stores it (what `normalise` would give, as text).
-                "payload": dumps(payload).decode(),
-                "occurred_at": occurred_at,
-                "created_at": utcnow(),
-                "published_at": None,
-            }
-        )
+            (event_id, self._tenant_id, event_type, resource_type, resource_id,
+             # As the JSON column stores it (what `normalise` would give, as text).
+             dumps(payload).decode(), stamp(occurred_at), stamp(utcnow()), None)
+        )  # fmt: skip
         return event_id
 
     async def flush(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 
 from core import webhooks
-from core.db import Database
+from core.db import Database, stamper
 from core.deliveries import (
     EVENT_COLUMNS,
     RAW_EVENTS,
@@ -30,7 +30,6 @@ from core.deliveries import (
     envelope_body,
     insert_deliveries,
     read_time,
-    stamper,
     target_of,
 )
 from core.ids import new_ids

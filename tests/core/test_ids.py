@@ -1,0 +1,34 @@
+"""Row ids: version 7 UUIDs, unique, ordered by the millisecond they were made in."""
+
+import time
+import uuid
+
+from core.ids import new_id, new_ids
+
+
+def _millis(value: str) -> int:
+    return uuid.UUID(value).int >> 80
+
+
+def test_ids_are_version_7_uuids_as_text():
+    for value in [new_id() for _ in range(2000)] + new_ids(2000):
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+
+
+def test_ids_are_unique_across_refills_of_the_random_pool():
+    # Far more random digits than one read from the OS gives, single and batched.
+    values = [new_id() for _ in range(20_000)] + new_ids(5_000) + [new_id() for _ in range(1_000)]
+    assert len(set(values)) == len(values)
+
+
+def test_ids_carry_the_time_they_were_made_and_sort_by_it():
+    before = time.time_ns() // 1_000_000
+    first = new_id()
+    time.sleep(0.003)
+    batch = new_ids(100)
+    after = time.time_ns() // 1_000_000
+    assert before <= _millis(first) < _millis(batch[0]) <= after
+    assert batch == sorted(batch)
+    assert first < batch[0]
