@@ -14,6 +14,7 @@ memory is its own) against a fresh database:
   (HubHttp, retries, breaker in Redis), the mapping, `core.deals.upsert_many` with an audit
   event and an outbox event per deal, the cursor and the run's checkpoint per page.
 
+Both run on uvloop with the garbage collector tuned, as `hub worker` runs (`child`).
 Prints records/s of both and their ratio (bar: >= 50%), and each run's peak RSS; the bar
 on memory: the hub's peak at the largest N at most 50 MB above its peak at the smallest.
 """
@@ -21,7 +22,6 @@ on memory: the hub's peak at the largest N at most 50 MB above its peak at the s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import resource
 import subprocess
@@ -32,9 +32,12 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+import uvloop
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import salesforce_server  # noqa: E402
 from bench._harness import pg_database, reachable, redis_server  # noqa: E402
+from core.process import tune_gc  # noqa: E402
 
 TOKEN = "00Dbench!local.access.token"
 API_VERSION = "62.0"
@@ -91,6 +94,7 @@ async def bare_loop(instance_url: str, database_url: str) -> tuple[int, float]:
                     [(*r[:4], None if r[4] is None else str(r[4]), *r[5:]) for r in rows],
                 )
 
+        tune_gc()  # as the hub's worker process runs (see child())
         started = time.perf_counter()
         while url is not None:
             response = await client.get(url, params=params, headers=headers)
@@ -153,6 +157,7 @@ async def hub_sync(instance_url: str, database_url: str, data_dir: str, redis_ur
         settings, redis_url=redis_url, db=db, vault=vault, connectors=registry,
         connector_host=connector_host_for(settings, http, RedisBreakerStorage(redis)),
     )  # fmt: skip
+    tune_gc()  # as `hub worker` does once started
     started = time.perf_counter()
     outcome = await sync_connection(runtime, tenant.id, run.id)
     seconds = time.perf_counter() - started
@@ -166,9 +171,12 @@ async def hub_sync(instance_url: str, database_url: str, data_dir: str, redis_ur
 
 
 def child(args: argparse.Namespace) -> None:
-    """One measurement; the time counted is the paging and storing only (no start-up)."""
+    """One measurement; the time counted is the paging and storing only (no start-up).
+
+    Both sides run as `hub worker` runs its jobs: on uvloop, with the garbage collector
+    tuned by `core.process.tune_gc` once started; the ratio compares code, not settings."""
     if args.child == "baseline":
-        records, seconds = asyncio.run(bare_loop(args.instance_url, args.database_url))
+        records, seconds = uvloop.run(bare_loop(args.instance_url, args.database_url))
         extra: dict[str, Any] = {"seconds": seconds}
     else:
         profiler = None
@@ -177,7 +185,7 @@ def child(args: argparse.Namespace) -> None:
 
             profiler = Profiler()
             profiler.start()
-        extra = asyncio.run(hub_sync(args.instance_url, args.database_url, args.data_dir, args.redis_url))
+        extra = uvloop.run(hub_sync(args.instance_url, args.database_url, args.data_dir, args.redis_url))
         if profiler is not None:
             profiler.stop()
             text = args.profile.endswith(".txt")

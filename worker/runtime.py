@@ -29,6 +29,7 @@ from core import jobs, runs
 from core.db import Database
 from core.jobs import Keys
 from core.migrate import upgrade_to_head
+from core.process import tune_gc
 from core.settings import Settings
 from core.vault import Vault, load_keyring
 from worker import jobs as worker_jobs
@@ -234,6 +235,7 @@ async def _serve_forever(settings: Settings, redis_url: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    tune_gc()
     try:
         await stop.wait()
     finally:
