@@ -10,20 +10,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.db import DriverStatement, json_text
+from core.db import DriverStatement, json_text, pg_arrays, stamper
 from core.errors import IdempotencyKeyReused, ValidationFailed
 from core.models import IdempotencyRecord, utcnow
 
 # Visible ASCII, as HTTP header values should be.
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
 _VALID_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-_RECORDS = IdempotencyRecord.__table__
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +69,23 @@ async def find(session: AsyncSession, actor: str, key: str, request_fingerprint:
     return None if record is None else _stored(record, request_fingerprint)
 
 
+# Claims are written straight on the driver: SQLAlchemy compiled a multi-row INSERT afresh
+# for every group-committed transaction (about a sixth of a single upsert's CPU).
+_CLAIM_COLUMNS = ("tenant_id", "actor", "key", "fingerprint", "status_code", "headers", "created_at", "expires_at")
+_CLAIM_INTO = f"INSERT INTO {IdempotencyRecord.__tablename__} ({', '.join(_CLAIM_COLUMNS)}) "
+_CLAIM_TAIL = " ON CONFLICT (tenant_id, actor, key) DO NOTHING RETURNING actor, key"
+_PG_CLAIM = f"{_CLAIM_INTO}SELECT * FROM {pg_arrays(IdempotencyRecord, _CLAIM_COLUMNS)}{_CLAIM_TAIL}"
+
+
+_SQLITE_CLAIMS = 256
+
+
+@lru_cache(maxsize=_SQLITE_CLAIMS)
+def _sqlite_claim(rows: int) -> str:
+    row = "(" + ", ".join("?" * len(_CLAIM_COLUMNS)) + ")"
+    return f"{_CLAIM_INTO}VALUES {', '.join([row] * rows)}{_CLAIM_TAIL}"
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     actor: str
@@ -87,31 +102,21 @@ async def claim_many(
         return set()
     now = utcnow()
     unique = {(c.actor, c.key): c for c in reversed(claims)}  # the first of duplicates wins
+    stamp = stamper(session)
+    created, expires = stamp(now), stamp(now + ttl)
 
     async def insert_claims(pending: Sequence[Claim]) -> set[tuple[str, str]]:
-        rows = [
-            {
-                "tenant_id": tenant_id,
-                "actor": c.actor,
-                "key": c.key,
-                "fingerprint": c.fingerprint,
-                "status_code": 0,
-                "headers": {},
-                "created_at": now,
-                "expires_at": now + ttl,
-            }
-            for c in pending
-        ]
-        insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
-        # A Core statement on the table (the rows name their tenant): the ORM's INSERT
-        # costs more to prepare.
-        stmt = (
-            insert(_RECORDS)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["tenant_id", "actor", "key"])
-            .returning(_RECORDS.c.actor, _RECORDS.c.key)
-        )
-        return {(actor, key) for actor, key in await session.execute(stmt)}
+        rows = [(tenant_id, c.actor, c.key, c.fingerprint, 0, "{}", created, expires) for c in pending]
+        connection = await session.connection()
+        if connection.dialect.name == "postgresql":
+            taken = await connection.exec_driver_sql(_PG_CLAIM, tuple(map(list, zip(*rows, strict=True))))
+            return {(actor, key) for actor, key in taken}
+        won: set[tuple[str, str]] = set()
+        for start in range(0, len(rows), _SQLITE_CLAIMS):  # within SQLite's limit of bound values
+            chunk = rows[start : start + _SQLITE_CLAIMS]
+            taken = await connection.exec_driver_sql(_sqlite_claim(len(chunk)), tuple(v for row in chunk for v in row))
+            won.update((actor, key) for actor, key in taken)
+        return won
 
     won = await insert_claims(list(unique.values()))
     lost = [c for pair, c in unique.items() if pair not in won]

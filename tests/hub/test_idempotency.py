@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from core.models import ApiKey, AuditEvent, Deal, IdempotencyRecord, OutboxEvent
@@ -232,3 +234,35 @@ async def test_records_expire_after_at_least_24_hours(client, tenant, db):
     assert r.status_code == 201
     (record,) = await _records(db, tenant.id, key)
     assert (record.expires_at - record.created_at).total_seconds() >= 24 * 3600
+
+
+async def _expire(db, tenant_id, key):
+    async with db.write(tenant_id) as s:
+        (record,) = (await s.execute(select(IdempotencyRecord).where(IdempotencyRecord.key == key))).scalars()
+        record.expires_at = record.created_at - timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("route", ["create", "upsert"])
+async def test_an_expired_key_is_taken_afresh(client, tenant, db, route):
+    """Past its lifetime a key is free: the same key with another payload is a new request,
+    not a reuse (both the single-transaction and the group-committed write paths)."""
+    key = _key()
+
+    async def send(name):
+        headers = tenant.headers(**{"Idempotency-Key": key})
+        if route == "create":
+            return await client.post(DEALS, json=deal_body(name), headers=headers)
+        return await client.put(f"{DEALS}/by-ref/salesforce/EXP-{key}", json=deal_body(name), headers=headers)
+
+    first = await send("First")
+    assert first.status_code == 201, first.text
+    reused = await send("Second")
+    assert reused.status_code == 409 and reused.headers["content-type"] == "application/problem+json"
+    await _expire(db, tenant.id, key)
+
+    again = await send("Second")
+    assert again.status_code in (200, 201), again.text
+    assert "idempotent-replayed" not in again.headers
+    assert again.json()["name"] == "Second"
+    (record,) = await _records(db, tenant.id, key)
+    assert record.status_code == again.status_code and record.expires_at > record.created_at
