@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -169,6 +170,27 @@ async def drive(
         elapsed = time.perf_counter() - started
         cpu = (server.cpu_seconds() if server is not None else float("nan")) - cpu_before
     return LoadResult(counts["ok"] + counts["err"], counts["err"], elapsed, latencies, cpu)
+
+
+@contextmanager
+def py_spy(pid: int, out: str | None, *, gil: bool = False) -> Iterator[None]:
+    """py-spy samples of process `pid` while the block runs, in its raw format (one line
+    per stack, for a flame graph or a count), to `out`; nothing when `out` is None. With
+    `gil`, only the thread holding the GIL (the process's Python CPU)."""
+    if out is None:
+        yield
+        return
+    cmd = [str(BIN / "py-spy"), "record", "--pid", str(pid), "--format", "raw", "-o", out, "--rate", "200"]
+    spy = subprocess.Popen([*cmd, *(["--gil"] if gil else [])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # attached before the measured work starts
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
 
 
 def summary(values: list[float]) -> str:

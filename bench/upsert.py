@@ -1,6 +1,6 @@
 """The CRM upsert under load, beside a bare FastAPI ping on the same server stack.
 
-    python bench/upsert.py [--seconds 8] [--clients 16]
+    python bench/upsert.py [--seconds 8] [--clients 16] [--no-postgres] [--profile PREFIX]
 
 Starts `hub serve` on the embedded default (SQLite file + embedded Redis) and, when
 one answers at 127.0.0.1:5432, on PostgreSQL too; 16 keep-alive clients send
@@ -28,7 +28,9 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import BIN, LoadResult, Server, clean_env, drive, free_port, pg_database, process, reachable
+from bench._harness import (
+    BIN, LoadResult, Server, clean_env, drive, free_port, pg_database, process, py_spy, reachable,
+)  # fmt: skip
 
 SEEDED = 2000
 STAGES = ["sourcing", "screening", "diligence", "ic_review", "term_sheet", "closed_won"]
@@ -110,10 +112,13 @@ def run_hub(label: str, env: dict[str, str], args: argparse.Namespace, ping: Loa
             env=env, check=True, capture_output=True,
         )  # fmt: skip
         asyncio.run(seed(base, key))
-        result = asyncio.run(
-            drive(base, upsert_requests(key, 1), clients=args.clients, seconds=args.seconds, server=server)
-        )
-        records, cpu_per_record = asyncio.run(batch_records(server, base, key))
+        prefix = f"{args.profile}.{label.split()[0].lower()}" if args.profile else None
+        with py_spy(server.pid, prefix and f"{prefix}.upsert", gil=True):
+            result = asyncio.run(
+                drive(base, upsert_requests(key, 1), clients=args.clients, seconds=args.seconds, server=server)
+            )
+        with py_spy(server.pid, prefix and f"{prefix}.batch", gil=True):
+            records, cpu_per_record = asyncio.run(batch_records(server, base, key))
     print(result.line(f"hub upsert [{label}]"))
     print(f"{'':<34} ratio to ping: {result.rps / ping.rps:.0%} of requests/s (bar: >= 40%, p99 <= 100 ms)")
     print(
@@ -127,6 +132,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--profile", default=None, help="py-spy the hub (its Python CPU) during the upsert and batch runs, to this file prefix"
+    )
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs; {args.clients} keep-alive clients; {args.seconds:.0f} s per run\n")
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -44,7 +43,9 @@ import uvloop
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._harness import BIN, clean_env, free_port, pg_database, reachable, redis_server, wait_http  # noqa: E402
+from bench._harness import (  # noqa: E402
+    BIN, clean_env, free_port, pg_database, py_spy, reachable, redis_server, wait_http,
+)  # fmt: skip
 from connectors.sdk import sign_webhook  # noqa: E402
 from core import jobs, tenants, webhooks  # noqa: E402
 from core.changes import ChangeContext, mutation  # noqa: E402
@@ -237,26 +238,15 @@ def run_hub(
         HUB_LOG_LEVEL="WARNING",
     )
     worker = subprocess.Popen([str(BIN / "hub"), "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    profiler = None
     try:
         wait_http(f"http://127.0.0.1:{metrics_port}/health")
-        if args.profile:
-            out = f"{args.profile}.{label.split()[0].lower()}"
-            profiler = subprocess.Popen(
-                [str(BIN / "py-spy"), "record", "--pid", str(worker.pid), "--format", "raw", "-o", out, "--rate", "200",
-                 *(["--gil"] if args.profile_gil else [])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            time.sleep(1.0)
-        rate, cpu, loop_busy = asyncio.run(throughput(db_url, redis_url, tenant_id, receiver, args.events, keys, worker.pid))
-        if profiler is not None:
-            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-            profiler.wait(timeout=60)
-            profiler = None
+        out = f"{args.profile}.{label.split()[0].lower()}" if args.profile else None
+        with py_spy(worker.pid, out, gil=args.profile_gil):
+            rate, cpu, loop_busy = asyncio.run(
+                throughput(db_url, redis_url, tenant_id, receiver, args.events, keys, worker.pid)
+            )
         lags = asyncio.run(latency(db_url, redis_url, tenant_id, receiver, args.rate, args.seconds, keys)) if args.seconds else [0.0]
     finally:
-        if profiler is not None:
-            profiler.terminate()
         worker.terminate()
         try:
             worker.wait(timeout=20)
