@@ -25,6 +25,9 @@ class Outbox:
         self._tenant_id = tenant_id
         self._pending: list[tuple[Any, ...]] = []
         self._stamp = stamper(session)
+        # One for the transaction's events: the relay orders events by it, then by id
+        # (ids grow in the order they are made, core.ids).
+        self._created_at: Any = None
         # Events flushed so far: after the commit, a non-zero count means "nudge the relay".
         self.written = 0
         self.last_event_id: str | None = None
@@ -40,11 +43,12 @@ class Outbox:
     ) -> str:
         event_id = new_id()
         self.last_event_id = event_id
-        stamp = self._stamp
+        if self._created_at is None:
+            self._created_at = self._stamp(utcnow())
         self._pending.append(
             (event_id, self._tenant_id, event_type, resource_type, resource_id,
              # As the JSON column stores it (what `normalise` would give, as text).
-             dumps(payload).decode(), stamp(occurred_at), stamp(utcnow()), None)
+             dumps(payload).decode(), self._stamp(occurred_at), self._created_at, None)
         )  # fmt: skip
         return event_id
 

@@ -37,14 +37,15 @@ from core.models import WebhookEndpoint, utcnow
 from core.vault import Vault
 
 # Publish the oldest unpublished events (on PostgreSQL, those no other relay holds) and
-# read them, in one statement.
+# read them, in one statement. A transaction's events share `created_at`; their ids order
+# them (the index gives `created_at` order, ties are sorted on their own).
 _TAKE_EVENTS = (
     update(RAW_EVENTS)
     .where(
         RAW_EVENTS.c.id.in_(
             select(RAW_EVENTS.c.id)
             .where(RAW_EVENTS.c.published_at.is_(None))
-            .order_by(RAW_EVENTS.c.created_at)
+            .order_by(RAW_EVENTS.c.created_at, RAW_EVENTS.c.id)
             .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
             .scalar_subquery()
@@ -64,8 +65,9 @@ class RelayBatch:
     targets: dict[str, Target] = field(default_factory=dict)
 
 
-def _created(event: EventRow) -> Any:
-    return event.created_at
+def _written(event: EventRow) -> Any:
+    """The order events were written in: a transaction's events share `created_at`."""
+    return event.created_at, event.id
 
 
 def _subscribers(event: EventRow, endpoints: list[WebhookEndpoint]) -> list[WebhookEndpoint]:
@@ -97,7 +99,7 @@ async def relay_batch(
         connection = await session.connection()
         taken = await connection.execute(_TAKE_EVENTS, {"limit": limit, "now": now_stamp})
         # In the order they were written (best effort, as the contract says).
-        events = sorted((EventRow(*row) for row in taken), key=_created)
+        events = sorted((EventRow(*row) for row in taken), key=_written)
         if not events:
             return out
         out.events = len(events)

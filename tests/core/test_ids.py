@@ -1,8 +1,9 @@
-"""Row ids: version 7 UUIDs, unique, ordered by the millisecond they were made in."""
+"""Row ids: version 7 UUIDs, unique, each greater than the one before."""
 
 import time
 import uuid
 
+from core import ids
 from core.ids import new_id, new_ids
 
 
@@ -32,3 +33,14 @@ def test_ids_carry_the_time_they_were_made_and_sort_by_it():
     assert before <= _millis(first) < _millis(batch[0]) <= after
     assert batch == sorted(batch)
     assert first < batch[0]
+
+
+def test_ids_made_in_one_millisecond_still_grow(monkeypatch):
+    # A frozen clock: every id falls in the same millisecond, more of them than its counter
+    # holds, so later ones borrow the next millisecond rather than repeat or go back.
+    frozen = (time.time_ns() // 1_000_000 + 10_000) * 1_000_000
+    monkeypatch.setattr(ids.time, "time_ns", lambda: frozen)
+    values = [new_id() for _ in range(6_000)]
+    assert values == sorted(values) and len(set(values)) == len(values)
+    assert _millis(values[0]) == frozen // 1_000_000
+    assert _millis(values[-1]) > _millis(values[0])

@@ -73,6 +73,27 @@ def test_the_default_schedule_is_ten_attempts_over_about_a_day(settings):
     assert RetryPolicy((5.0,), jitter=0, retry_after_max=60).delay(1, retry_after=10**6) == 60
 
 
+async def test_the_relay_hands_out_a_transactions_events_in_the_order_they_were_written(app, client, tenant):
+    """A batch's events share their transaction's `created_at`; their ids still order them."""
+    from core.relay import relay_batch
+
+    endpoint_id, _ = await make_endpoint(client, tenant, "http://127.0.0.1:9/hook", ["deal.created"])
+    items = [{"system": "crm", "external_id": f"ORDER-{i:03d}", "deal": deal_body(f"Deal {i}")} for i in range(60)]
+    # Not in key order: the events follow the items.
+    items.reverse()
+    r = await client.post("/api/v1/deals/batch-upsert", json={"items": items}, headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    written = [result["deal_id"] for result in r.json()["results"]]
+
+    hub = app.state.hub
+    leased = []
+    while (batch := await relay_batch(hub.db, hub.vault, owner="test", lease_seconds=60, limit=25)).events:
+        leased += [due for due in batch.leased if due.endpoint_id == endpoint_id]
+    bodies = [orjson.loads(due.body) for due in leased]
+    assert [b["resource_id"] for b in bodies] == written
+    assert len({b["event_id"] for b in bodies}) == len(written)
+
+
 # --------------------------------------------------------------------------- jobs
 
 
