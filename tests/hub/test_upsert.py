@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from core.models import AuditEvent, Deal, OutboxEvent
 from core.roles import Role
+from core.schemas import BatchUpsertOut
 from tests.conftest import deal_body
 
 DEALS = "/api/v1/deals"
@@ -246,6 +247,8 @@ async def test_invalid_items_fail_alone(client, tenant, db):
         assert failed["error"]["code"] == "VALIDATION_FAILED"
         assert failed["error"]["details"]
     assert any("amount" in d["loc"] for d in out["results"][2]["error"]["details"])
+    # Exactly the documented shape, field for field (the route builds it without the model).
+    assert BatchUpsertOut.model_validate(out).model_dump(mode="json") == out
 
     # The valid items are committed.
     for external_id in ("V-1", "V-5"):
