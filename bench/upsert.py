@@ -1,6 +1,6 @@
 """The CRM upsert under load, beside a bare FastAPI ping on the same server stack.
 
-    python bench/upsert.py [--seconds 8] [--clients 16] [--no-postgres] [--profile PREFIX]
+    python bench/upsert.py [--seconds 8] [--clients 16] [--no-sqlite] [--no-postgres] [--profile PREFIX]
 
 Starts `hub serve` on the embedded default (SQLite file + embedded Redis) and, when
 one answers at 127.0.0.1:5432, on PostgreSQL too; 16 keep-alive clients send
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument(
         "--profile", default=None, help="py-spy the hub (its Python CPU) during the upsert and batch runs, to this file prefix"
     )
@@ -146,8 +147,9 @@ def main() -> None:
         )
     print(ping.line("bare FastAPI ping (baseline)"))
 
-    with TemporaryDirectory() as data:
-        run_hub("SQLite + embedded Redis", clean_env(HUB_DATA_DIR=data, HUB_LOG_LEVEL="WARNING"), args, ping)
+    if not args.no_sqlite:
+        with TemporaryDirectory() as data:
+            run_hub("SQLite + embedded Redis", clean_env(HUB_DATA_DIR=data, HUB_LOG_LEVEL="WARNING"), args, ping)
 
     if not args.no_postgres and reachable("127.0.0.1", 5432):
         with pg_database() as database_url, TemporaryDirectory() as data:
