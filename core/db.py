@@ -237,7 +237,7 @@ class DriverStatement:
     @classmethod
     def update(cls, model: type[Base], keys: Sequence[str], columns: Sequence[str]) -> DriverStatement:
         """UPDATE setting `columns` of the rows matching `keys`; rows are the keys' values
-        then the columns', in that order."""
+        then the columns', in that order, each naming a different row."""
         names = (*keys, *columns)
         raw = raw_table(model)
         stmt = (
