@@ -172,6 +172,14 @@ async def drive(
     return LoadResult(counts["ok"] + counts["err"], counts["err"], elapsed, latencies, cpu)
 
 
+def settle() -> None:
+    """Before a measurement: write back what earlier runs left in the page cache, so that
+    it does not land on this run's fsyncs (PostgreSQL's commits, measured after a SQLite
+    run, had their p99 raised by half)."""
+    os.sync()
+    time.sleep(1.0)
+
+
 @contextmanager
 def py_spy(pid: int, out: str | None, *, gil: bool = False) -> Iterator[None]:
     """py-spy samples of process `pid` while the block runs, in its raw format (one line

@@ -36,7 +36,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import salesforce_server  # noqa: E402
-from bench._harness import pg_database, reachable, redis_server  # noqa: E402
+from bench._harness import pg_database, reachable, redis_server, settle  # noqa: E402
 from core.process import tune_gc  # noqa: E402
 
 TOKEN = "00Dbench!local.access.token"
@@ -197,6 +197,7 @@ def child(args: argparse.Namespace) -> None:
 def measure(kind: str, instance_url: str, database_url: str, data_dir: str, redis_url: str, profile: str | None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", kind, "--instance-url", instance_url, "--database-url", database_url,
            "--data-dir", data_dir, "--redis-url", redis_url]  # fmt: skip
+    settle()  # both sides start with the disk's writeback done
     if profile and kind == "hub":
         cmd += ["--profile", profile]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)

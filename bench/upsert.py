@@ -29,7 +29,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._harness import (
-    BIN, LoadResult, Server, clean_env, drive, free_port, pg_database, process, py_spy, reachable,
+    BIN, LoadResult, Server, clean_env, drive, free_port, pg_database, process, py_spy, reachable, settle,
 )  # fmt: skip
 
 SEEDED = 2000
@@ -98,6 +98,7 @@ async def batch_records(server: Server, base: str, key: str, batches: int = 10, 
 
 
 def run_hub(label: str, env: dict[str, str], args: argparse.Namespace, ping: LoadResult) -> None:
+    settle()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     hub = [str(BIN / "hub"), "serve", "--port", str(port)]

@@ -44,7 +44,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._harness import (  # noqa: E402
-    BIN, clean_env, free_port, pg_database, py_spy, reachable, redis_server, wait_http,
+    BIN, clean_env, free_port, pg_database, py_spy, reachable, redis_server, settle, wait_http,
 )  # fmt: skip
 from connectors.sdk import sign_webhook  # noqa: E402
 from core import jobs, tenants, webhooks  # noqa: E402
@@ -222,6 +222,7 @@ def run_hub(
     label: str, db_url: str, redis_url: str, receiver: str, args: argparse.Namespace, keyring: str, best_bare: float,
     bare_cpu: float,
 ) -> None:
+    settle()
     vault = Vault(parse_keyring(keyring))
     tenant_id, _ = asyncio.run(prepare(db_url, vault, receiver))
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
