@@ -100,7 +100,7 @@ class RateLimiter:
             return self._fail_open(per_minute)
         hit = _Hit(key, per_minute, burst, cost, asyncio.get_running_loop().create_future())
         self._waiting.append(hit)
-        if self._sender is None:
+        if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send())
         return await hit.future
 
