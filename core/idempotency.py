@@ -75,9 +75,7 @@ _CLAIM_COLUMNS = ("tenant_id", "actor", "key", "fingerprint", "status_code", "he
 _CLAIM_INTO = f"INSERT INTO {IdempotencyRecord.__tablename__} ({', '.join(_CLAIM_COLUMNS)}) "
 _CLAIM_TAIL = " ON CONFLICT (tenant_id, actor, key) DO NOTHING RETURNING actor, key"
 _PG_CLAIM = f"{_CLAIM_INTO}SELECT * FROM {pg_arrays(IdempotencyRecord, _CLAIM_COLUMNS)}{_CLAIM_TAIL}"
-
-
-_SQLITE_CLAIMS = 256
+_SQLITE_CLAIMS = 256  # rows per statement, within SQLite's limit of bound values
 
 
 @lru_cache(maxsize=_SQLITE_CLAIMS)
@@ -112,7 +110,7 @@ async def claim_many(
             taken = await connection.exec_driver_sql(_PG_CLAIM, tuple(map(list, zip(*rows, strict=True))))
             return {(actor, key) for actor, key in taken}
         won: set[tuple[str, str]] = set()
-        for start in range(0, len(rows), _SQLITE_CLAIMS):  # within SQLite's limit of bound values
+        for start in range(0, len(rows), _SQLITE_CLAIMS):
             chunk = rows[start : start + _SQLITE_CLAIMS]
             taken = await connection.exec_driver_sql(_sqlite_claim(len(chunk)), tuple(v for row in chunk for v in row))
             won.update((actor, key) for actor, key in taken)
