@@ -17,6 +17,7 @@ from core.changes import ChangeContext, Mutation
 from core.db import DriverStatement, TenantScopeMissing, decimal_text, json_text
 from core.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from core.ids import new_id
+from core.jsonable import merge_patch
 from core.models import Deal, DealRef
 from core.pagination import MAX_LIMIT, Sort, page, split
 from core.schemas import (
@@ -254,19 +255,6 @@ Precondition = Callable[[Deal], bool]
 def _check(deal: Deal, precondition: Precondition | None) -> None:
     if precondition is not None and not precondition(deal):
         raise PreconditionFailed("The deal changed since you read it")
-
-
-def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """RFC 7386 JSON merge patch: objects merge recursively, null removes."""
-    result = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge_patch(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 def _apply(m: Mutation, deal: Deal | DealRow, values: dict[str, Any]) -> list[str] | None:

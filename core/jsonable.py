@@ -34,3 +34,18 @@ def normalise(value: Any) -> Any:
     if isinstance(value, date):
         return value.isoformat()
     return orjson.loads(dumps(value))
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` applied to `target` as a JSON merge patch (RFC 7396): objects merge
+    recursively, null removes a member, anything else replaces. Neither is changed."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict):
+            current = result.get(key)
+            result[key] = merge_patch(current if isinstance(current, dict) else {}, value)
+        else:
+            result[key] = value
+    return result

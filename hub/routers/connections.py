@@ -33,6 +33,7 @@ from core.connections import (
 from core.credentials import Credentials, CredentialStatus
 from core.errors import Conflict, HubError, NotFound, ValidationFailed
 from core.identity import Principal
+from core.jsonable import merge_patch
 from core.models import Connection, ConnectionCredential
 from core.roles import Permission
 from hub import etags
@@ -247,20 +248,6 @@ def _view(state: HubState, connection: Connection, row: ConnectionCredential | N
     )
 
 
-def _merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """RFC 7396."""
-    out = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict):
-            current = out.get(key)
-            out[key] = _merge_patch(current if isinstance(current, dict) else {}, value)
-        else:
-            out[key] = value
-    return out
-
-
 def _context(request: Request, principal: Principal) -> ChangeContext:
     return ChangeContext(principal, getattr(request.state, "request_id", None))
 
@@ -431,7 +418,7 @@ async def patch_connection(
         if body.config is not None:
             cls = connector_class(state, connection.connector_key)
             current = credentials.unseal(state.vault, row) if row is not None else Credentials()
-            split = _split(cls, _merge_patch({**connection.config, **current.secrets}, body.config))
+            split = _split(cls, merge_patch({**connection.config, **current.secrets}, body.config))
             config, secrets = split.plain, split.secrets
         schedule: dict[str, Any] | None | connections.Keep = connections.KEEP
         if "sync_schedule" in body.model_fields_set:

@@ -158,6 +158,18 @@ async def test_patch_merges_attributes_and_null_removes_keys(client, tenant):
     assert got.json()["attributes"] == {"hq": {"country": "DE", "zip": "10115"}, "tier": 1, "lead": "jane"}
 
 
+async def test_patch_attributes_follow_rfc_7396_below_new_or_scalar_members(client, tenant):
+    """Nulls inside an object patched onto a member that is absent or not an object remove
+    nothing and are not stored: the object is merged into an empty one."""
+    deal = await _create(client, tenant, attributes={"tier": 1, "hq": {"city": "Berlin"}})
+    patch = {"attributes": {"fund": {"vintage": 2026, "lead": None}, "tier": {"level": 2, "old": None}}}
+    r = await client.patch(f"{DEALS}/{deal['id']}", json=patch, headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    expected = {"fund": {"vintage": 2026}, "tier": {"level": 2}, "hq": {"city": "Berlin"}}
+    assert r.json()["attributes"] == expected
+    assert (await client.get(f"{DEALS}/{deal['id']}", headers=tenant.headers())).json()["attributes"] == expected
+
+
 async def test_patch_attributes_null_clears_them(client, tenant):
     deal = await _create(client, tenant, attributes={"sector": "fintech"})
     r = await client.patch(f"{DEALS}/{deal['id']}", json={"attributes": None}, headers=tenant.headers())
