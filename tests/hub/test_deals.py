@@ -233,7 +233,7 @@ async def test_delete_is_soft_and_hides_the_deal(client, tenant, db):
             select(AuditEvent.event_type).where(AuditEvent.resource_id == gone["id"]).order_by(AuditEvent.seq)
         )).scalars())
         outbox = list((await s.execute(
-            select(OutboxEvent.event_type).where(OutboxEvent.resource_id == gone["id"]).order_by(OutboxEvent.created_at)
+            select(OutboxEvent.event_type).where(OutboxEvent.resource_id == gone["id"]).order_by(OutboxEvent.created_at, OutboxEvent.id)
         )).scalars())
     assert types == ["deal.created", "deal.deleted"]
     assert outbox == ["deal.created", "deal.deleted"]

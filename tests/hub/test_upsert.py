@@ -20,8 +20,9 @@ def _by_ref(system, external_id):
 
 async def _events(db, tenant_id, model, resource_id=None):
     """(event_type, resource_id) of a tenant's audit or outbox events, oldest first."""
-    order = model.seq if model is AuditEvent else model.created_at
-    stmt = select(model.event_type, model.resource_id).order_by(order)
+    # A transaction's outbox events share created_at; their ids order them (core.ids).
+    order = (model.seq,) if model is AuditEvent else (model.created_at, model.id)
+    stmt = select(model.event_type, model.resource_id).order_by(*order)
     if resource_id is not None:
         stmt = stmt.where(model.resource_id == resource_id)
     async with db.read(tenant_id) as s:
