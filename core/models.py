@@ -189,7 +189,16 @@ class AuditEvent(TenantOwned, Base):
 
 class OutboxEvent(TenantOwned, Base):
     __tablename__ = "outbox_events"
-    __table_args__ = (Index("ix_outbox_events_unpublished", "published_at", "created_at"),)
+    # The relay's queue: unpublished events in the order it takes them (migration 0005).
+    __table_args__ = (
+        Index(
+            "ix_outbox_events_pending",
+            "created_at",
+            "id",
+            sqlite_where=text("published_at IS NULL"),
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     event_type: Mapped[str] = mapped_column(String(100))
