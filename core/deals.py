@@ -373,7 +373,7 @@ _LOOKUPS = {
         _lookup(
             _REF_COLUMNS, _REFS_T.c.deal_id, "deal_ids", postgresql=postgresql,
             where=_REFS_T.c.tenant_id == bindparam("tenant_id"),
-        ).order_by(_REFS_T.c.created_at),
+        ).order_by(_REFS_T.c.created_at, _REFS_T.c.id),
     )
     for postgresql in (False, True)
 }  # fmt: skip

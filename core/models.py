@@ -134,7 +134,8 @@ class Deal(TenantOwned, Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     refs: Mapped[list[DealRef]] = relationship(
-        back_populates="deal", lazy="selectin", order_by="DealRef.created_at", cascade="all, delete-orphan"
+        back_populates="deal", lazy="selectin", order_by="[DealRef.created_at, DealRef.id]",
+        cascade="all, delete-orphan",
     )
 
 

@@ -25,6 +25,17 @@ async def _create(client, tenant, name="Acme Series B", refs=(), **fields):
     return r.json()
 
 
+async def test_external_refs_keep_the_order_they_were_given_in(client, tenant, db):
+    refs = [("zeta", "9"), ("alpha", "1"), ("mid", "5")]
+    deal = await _create(client, tenant, refs=refs)
+    expected = [{"system": s, "external_id": e} for s, e in refs]
+    assert deal["external_refs"] == expected
+    for _ in range(3):  # read back (the ORM) and through the upsert's own loading
+        assert (await client.get(f"{DEALS}/{deal['id']}", headers=tenant.headers())).json()["external_refs"] == expected
+    r = await client.put(f"{DEALS}/by-ref/alpha/1", json=deal_body("Renamed"), headers=tenant.headers())
+    assert r.status_code == 200 and r.json()["external_refs"] == expected
+
+
 async def _audit_count(db, tenant_id, resource_id):
     async with db.read(tenant_id) as s:
         stmt = select(func.count()).select_from(AuditEvent).where(AuditEvent.resource_id == resource_id)
