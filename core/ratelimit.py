@@ -114,11 +114,16 @@ class RateLimiter:
                         hit.future.set_result(decision)
         except BaseException as exc:
             # No check is left waiting: cancelled with the sender, or failed as it failed.
+            cancelled = isinstance(exc, asyncio.CancelledError)
             for hit in [*hits, *self._waiting]:
-                if not hit.future.done():
-                    hit.future.cancel() if isinstance(exc, asyncio.CancelledError) else hit.future.set_exception(exc)
+                if hit.future.done():
+                    continue
+                if cancelled:
+                    hit.future.cancel()
+                else:
+                    hit.future.set_exception(exc)
             self._waiting = []
-            if isinstance(exc, asyncio.CancelledError):
+            if cancelled:
                 raise
         finally:
             self._sender = None
