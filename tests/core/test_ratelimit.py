@@ -66,3 +66,22 @@ async def test_an_unreachable_redis_fails_every_waiting_check_open(redis_url):
     assert all(d.allowed and d.failed_open and d.remaining is None for d in decisions)
     assert len(fallbacks) == 4
     await dead.aclose()
+
+
+async def test_an_unexpected_failure_reaches_every_waiting_check_and_the_next_ones_go_through(redis):
+    """A bug in reading Redis's answer must not leave requests waiting for ever."""
+    limiter = RateLimiter(redis)
+    real = limiter._script
+    answers = iter([RuntimeError("garbled answer")])
+
+    async def flaky(**kwargs):
+        failure = next(answers, None)
+        if failure is not None:
+            raise failure
+        return await real(**kwargs)
+
+    limiter._script = flaky
+    key = f"t-{uuid.uuid4()}"
+    results = await asyncio.gather(*(limiter.hit(key, per_minute=60, burst=5) for _ in range(3)), return_exceptions=True)
+    assert [type(r) for r in results] == [RuntimeError] * 3
+    assert (await limiter.hit(key, per_minute=60, burst=5)).allowed
