@@ -44,7 +44,9 @@ def free_port() -> int:
 
 class EmbeddedRedis:
     def __init__(self, directory: Path, *, port: int | None = None) -> None:
-        self.directory = directory
+        # Absolute: redis-server enters `--dir` before it opens `--logfile`, so a relative
+        # log path (the default data dir is `.hub-data`) would not be found.
+        self.directory = directory.resolve()
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
 

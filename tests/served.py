@@ -28,22 +28,27 @@ class ServedHub:
     env: dict[str, str]
 
 
-def hub_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """This process's environment without any hub setting, plus `extra`."""
+def hub_env(data_dir: Path | None, **extra: str) -> dict[str, str]:
+    """This process's environment without any hub setting, plus `extra` (and the data dir
+    unless None: the default, `.hub-data` in the working directory)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_") and k not in {"DATABASE_URL", "REDIS_URL"}}
-    env["HUB_DATA_DIR"] = str(data_dir)
+    if data_dir is not None:
+        env["HUB_DATA_DIR"] = str(data_dir)
     env.update(extra)
     return env
 
 
 @contextmanager
-def served_hub(data_dir: Path, *, timeout: float = 60.0, **extra_env: str) -> Iterator[ServedHub]:
-    """Start `hub serve` on a free port with a fresh data dir; yield once it answers,
-    with the ADMIN key it printed."""
+def served_hub(
+    data_dir: Path | None, *, cwd: Path | None = None, timeout: float = 60.0, **extra_env: str
+) -> Iterator[ServedHub]:
+    """Start `hub serve` on a free port with a fresh data dir (None: the default, under
+    `cwd`); yield once it answers, with the ADMIN key it printed."""
     env = hub_env(data_dir, **extra_env)
     port = free_port()
     proc = subprocess.Popen(
-        [str(HUB), "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [str(HUB), "serve", "--port", str(port)], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     try:

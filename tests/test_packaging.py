@@ -51,9 +51,10 @@ def test_compose_variables_are_settings_the_hub_reads() -> None:
 
 @pytest.mark.slow
 def test_hub_serve_starts_prints_a_key_and_takes_an_upsert(tmp_path: Path) -> None:
-    """The quick start's first command, end to end: a fresh data dir, the printed
-    ADMIN key, and a CRM upsert over real HTTP."""
-    with served_hub(tmp_path / "data") as hub:
+    """The quick start's first command, end to end, as the README runs it: no settings at
+    all (the default data dir, `.hub-data`, relative to the working directory), the
+    printed ADMIN key, and a CRM upsert over real HTTP."""
+    with served_hub(None, cwd=tmp_path) as hub:
         r = httpx.put(
             f"{hub.base_url}/api/v1/deals/by-ref/salesforce/006QS",
             json={"name": "Quick start deal", "amount": "1000.00", "currency": "EUR"},
@@ -64,11 +65,12 @@ def test_hub_serve_starts_prints_a_key_and_takes_an_upsert(tmp_path: Path) -> No
         assert r.headers["x-request-id"]
         r = httpx.get(f"{hub.base_url}/api/v1/deals", headers={"X-API-Key": hub.api_key}, timeout=10)
         assert [d["name"] for d in r.json()["items"]] == ["Quick start deal"]
-        assert (tmp_path / "data" / "hub.db").exists()
+        assert (tmp_path / ".hub-data" / "hub.db").exists()
+        assert (tmp_path / ".hub-data" / "redis" / "redis.log").exists()  # the embedded Redis's
 
     # The data stays: the same data dir still has its one demo tenant.
     listed = subprocess.run(
-        [str(HUB), "tenants", "list"], env=hub.env, capture_output=True, text=True, timeout=60, check=True
+        [str(HUB), "tenants", "list"], env=hub.env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True
     )
     assert listed.stdout.count("\tdemo") == 1
 
