@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from sqlalchemy import bindparam, column, event, insert, table, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -32,6 +32,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.sql.util import find_tables
 
+from core import wal
 from core.jsonable import dumps
 from core.models import Base, TenantOwned
 
@@ -111,6 +112,9 @@ def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if immediate:  # the writer: checkpoints run in the background (core.wal)
+            cursor.execute(f"PRAGMA wal_autocheckpoint={wal.SAFETY_NET_PAGES}")
+            cursor.execute(f"PRAGMA journal_size_limit={wal.WAL_SIZE_LIMIT}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -277,7 +281,8 @@ class DriverStatement:
 
 class Database:
     """The process's engines. On SQLite, writes go through one connection (SQLite
-    has one writer anyway) and reads through a pool; on PostgreSQL both share a pool."""
+    has one writer anyway) and reads through a pool, and the WAL is checkpointed in the
+    background (core.wal); on PostgreSQL both share a pool."""
 
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = url
@@ -289,7 +294,10 @@ class Database:
             self.reader = create_async_engine(url, pool_size=pool_size, max_overflow=0, **common)
             _sqlite_pragmas(self.writer.sync_engine, immediate=True)
             _sqlite_pragmas(self.reader.sync_engine, immediate=False)
+            path = make_url(url).database
+            self._checkpoints = wal.Checkpointer(path) if path and path != ":memory:" else None
         else:
+            self._checkpoints = None
             self.writer = create_async_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, **common
             )
@@ -315,8 +323,12 @@ class Database:
             session.info["tenant_id"] = tenant_id
             async with session.begin():
                 yield session
+        if self._checkpoints is not None:
+            self._checkpoints.wrote()
 
     async def dispose(self) -> None:
+        if self._checkpoints is not None:
+            await self._checkpoints.close()
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()
