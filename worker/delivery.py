@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import hmac
 import logging
 import socket
@@ -31,13 +30,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
+from connectors.sdk import parse_retry_after
 from core import addresses, deliveries, webhooks
 from core.db import Database
 from core.deliveries import AttemptResult, Due, RetryPolicy, Target
@@ -112,22 +112,6 @@ def classify(status: int) -> Verdict:
     if status == 410:
         return _GONE
     return _RETRY_AFTER if status in RETRY_AFTER_STATUSES else _FAILURE
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """A Retry-After header as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class GuardedResolver(AbstractResolver):
@@ -456,7 +440,7 @@ class Dispatcher:
             if verdict.outcome != deliveries.SUCCESS:
                 result.error = f"HTTP {status}"
             if verdict.honour_retry_after:
-                result.retry_after = retry_after_seconds(retry_after)
+                result.retry_after = parse_retry_after(retry_after)
         self._push(result)
 
     async def _excerpt(self, response: aiohttp.ClientResponse) -> str | None:

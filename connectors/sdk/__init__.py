@@ -59,7 +59,7 @@ from ._pagination import (
 from ._plugin import hookimpl
 from ._ratelimit import RateLimit, TokenBucket
 from ._records import DealRecord, Kind, Page, Record
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, parse_retry_after
 from ._streams import RestResource, Stream, parse_cursor
 from ._webhooks import WebhookVerificationError, sign_webhook, verify_webhook
 
@@ -118,6 +118,7 @@ __all__ = [
     "is_outage",
     "paginate",
     "parse_cursor",
+    "parse_retry_after",
     "refresh_oauth2_token",
     "sign_webhook",
     "validate_connector",

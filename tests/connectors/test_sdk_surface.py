@@ -47,6 +47,7 @@ PUBLIC = {
     "HubHttp",
     "JsonResponse",
     "RetryPolicy",
+    "parse_retry_after",
     "TokenBucket",
     # errors
     "ErrorAction",

@@ -31,7 +31,7 @@ from tests.conftest import deal_body
 from tests.worker.conftest import FAST, Receiver, wait_for
 from tests.worker.test_delivery import answer, make_deal, make_endpoint, settled
 from worker import jobs as worker_jobs
-from worker.delivery import classify, retry_after_seconds
+from worker.delivery import classify
 from worker.metrics import WorkerMetrics
 from worker.runtime import WorkerRuntime
 from worker.settings import WorkerSettings
@@ -55,9 +55,6 @@ def test_how_responses_are_classified():
     for status in (301, 302, 400, 401, 404, 500):
         verdict = classify(status)
         assert verdict.outcome == "http_error" and not verdict.gone and not verdict.honour_retry_after
-    assert retry_after_seconds("120") == 120
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480 - 60) == 60
-    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
 
 
 def test_the_default_schedule_is_ten_attempts_over_about_a_day(settings):
