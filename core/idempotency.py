@@ -9,13 +9,13 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.db import DriverStatement, json_text, pg_arrays, stamper
+from core.db import Database, DriverStatement, json_text, pg_arrays, stamper
 from core.errors import IdempotencyKeyReused, ValidationFailed
 from core.models import IdempotencyRecord, utcnow
 
@@ -167,8 +167,25 @@ async def release(session: AsyncSession, *, actor: str, key: str) -> None:
     )
 
 
-async def purge_expired(session: AsyncSession) -> int:
-    result = await session.execute(
-        delete(IdempotencyRecord).where(IdempotencyRecord.expires_at <= utcnow()).execution_options(cross_tenant=True)
-    )
-    return result.rowcount or 0
+PURGE_CHUNK = 1000
+
+
+async def purge_expired(db: Database, *, now: datetime | None = None, chunk: int = PURGE_CHUNK) -> int:
+    """Delete the keys of every tenant that expired by `now`, `chunk` per transaction (each
+    holds the write lock briefly), and return how many went. A key past its lifetime is
+    already free to take again (`claim_many`); this keeps the table from growing with
+    every keyed request."""
+    now = now or utcnow()
+    purged = 0
+    while True:
+        expired = select(IdempotencyRecord.id).where(IdempotencyRecord.expires_at <= now).limit(chunk)
+        async with db.write(None) as session:
+            result = await session.execute(
+                delete(IdempotencyRecord)
+                .where(IdempotencyRecord.id.in_(expired.scalar_subquery()))
+                .execution_options(cross_tenant=True, synchronize_session=False)
+            )
+        deleted = result.rowcount or 0  # type: ignore[attr-defined]
+        purged += deleted
+        if deleted < chunk:
+            return purged

@@ -20,7 +20,7 @@ from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from core import deliveries, jobs, runs, webhooks
+from core import deliveries, idempotency, jobs, runs, webhooks
 from core.models import utcnow
 from core.settings import Settings
 from worker import syncs
@@ -134,6 +134,13 @@ async def disable_failing_endpoints(runtime: WorkerRuntime) -> int:
             runtime.metrics.endpoints_disabled.labels(webhooks.FAILING).inc()
             disabled += 1
     return disabled
+
+
+async def purge_expired_keys(runtime: WorkerRuntime) -> int:
+    """Delete idempotency keys past their lifetime, in every tenant."""
+    purged = await idempotency.purge_expired(runtime.db)
+    runtime.metrics.idempotency_keys_purged.inc(purged)
+    return purged
 
 
 # A run not started this long after it was queued has probably lost its job (Redis was away).

@@ -42,6 +42,9 @@ class WorkerMetrics:
             "hub_webhook_deliveries_finished", "Deliveries that reached a final state, by status", ["status"], registry=r
         )
         self.retries = Counter("hub_webhook_retries_scheduled", "Failed attempts scheduled for another try", registry=r)
+        self.idempotency_keys_purged = Counter(
+            "hub_idempotency_keys_purged", "Idempotency keys deleted after their lifetime", registry=r
+        )
         self.lag = Histogram(
             "hub_webhook_first_attempt_lag_seconds", "From the event's commit to its first attempt",
             buckets=LAG_BUCKETS, registry=r,

@@ -15,6 +15,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     disable = jobs.instrumented(f"{ns}.disable_failing_endpoints", jobs.disable_failing_endpoints, settings)
     requeue = jobs.instrumented(f"{ns}.requeue_unattended_runs", jobs.requeue_unattended_runs, settings)
     scheduled = jobs.instrumented(f"{ns}.start_scheduled_syncs", syncs.start_scheduled_syncs, settings)
+    purge = jobs.instrumented(f"{ns}.purge_expired_keys", jobs.purge_expired_keys, settings)
     every_sweep = set(range(5, 60, jobs.SWEEP_SECONDS))
     return [
         # Every minute, at :00.
@@ -22,4 +23,6 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
         # Every SWEEP_SECONDS: paused syncs resume and schedules fire within that much of their time.
         cron(requeue.coroutine, name=requeue.name, second=every_sweep, timeout=120, max_tries=1),
         cron(scheduled.coroutine, name=scheduled.name, second=every_sweep, timeout=120, max_tries=1),
+        # Every ten minutes, at :30 past (keys live a day at least).
+        cron(purge.coroutine, name=purge.name, minute=set(range(0, 60, 10)), second=30, timeout=600, max_tries=1),
     ]
