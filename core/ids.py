@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 
 # The variant nibble of RFC 9562 (10xx) for each random hex digit.
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
@@ -61,3 +62,11 @@ def new_id() -> str:
 def new_ids(count: int) -> list[str]:
     """`count` version 7 UUIDs, ascending, each greater than the previous id."""
     return [new_id() for _ in range(count)]
+
+
+def floor_id(moment: datetime) -> str:
+    """The least version 7 id of `moment`'s millisecond: every id made before it is
+    smaller, so a time range of rows is a range of their primary key (ids made in other
+    ways, such as version 4 ids of older rows, do not follow time: filter by time too)."""
+    text = f"{int(moment.timestamp() * 1000):012x}"
+    return f"{text[:8]}-{text[8:]}-7000-8000-000000000000"

@@ -388,6 +388,8 @@ class WebhookDelivery(TenantOwned, Base):
             postgresql_where=text("status = 'pending'"),
         ),
         Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at", "id"),
+        # For the foreign key's cascade when old outbox events are deleted (core.retention).
+        Index("ix_webhook_deliveries_event_id", "event_id"),
         # One b-tree fewer per row on SQLite (the text primary key is the table's own key).
         {"sqlite_with_rowid": False},
     )
@@ -395,7 +397,7 @@ class WebhookDelivery(TenantOwned, Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     # Deliveries and attempts are the hot path's rows, written thousands a second: they
     # reach their tenant through the endpoint (and are deleted with it), and keep no
-    # index or foreign key of their own for it, nor an index on the event.
+    # index or foreign key of their own for it.
     tenant_id: Mapped[str] = mapped_column(String(36))
     endpoint_id: Mapped[str] = mapped_column(String(36), ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
     event_id: Mapped[str] = mapped_column(String(36), ForeignKey("outbox_events.id", ondelete="CASCADE"))

@@ -132,6 +132,13 @@ class Settings(BaseSettings):
     webhook_max_in_flight: int = Field(default=256, ge=1, description="Requests in flight per worker")
     webhook_lease_seconds: float = Field(default=60.0, gt=0, description="A claimed delivery is another worker's after this")
     webhook_response_excerpt_bytes: int = Field(default=1024, ge=0, le=65536)
+    # History the worker deletes (core.retention); 0 keeps it for ever.
+    delivery_retention_days: float = Field(
+        default=30.0, ge=0, description="Finished deliveries (and their attempts) are deleted this long after they began"
+    )
+    outbox_retention_days: float = Field(
+        default=7.0, ge=0, description="Published events left with no delivery are deleted this long after they were written"
+    )
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from arq.worker import Function, Retry, func
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from core import deliveries, idempotency, jobs, runs, webhooks
+from core import deliveries, idempotency, jobs, retention, runs, webhooks
 from core.models import utcnow
 from core.settings import Settings
 from worker import syncs
@@ -141,6 +141,23 @@ async def purge_expired_keys(runtime: WorkerRuntime) -> int:
     purged = await idempotency.purge_expired(runtime.db)
     runtime.metrics.idempotency_keys_purged.inc(purged)
     return purged
+
+
+def _days_ago(now: datetime, days: float) -> datetime | None:
+    return None if days <= 0 else now - timedelta(days=days)
+
+
+async def prune_history(runtime: WorkerRuntime) -> dict[str, int]:
+    """Delete finished deliveries and published events past their retention (core.retention)."""
+    now, settings = utcnow(), runtime.settings
+    pruned = await retention.prune(
+        runtime.db,
+        deliveries_before=_days_ago(now, settings.delivery_retention_days),
+        events_before=_days_ago(now, settings.outbox_retention_days),
+    )
+    runtime.metrics.pruned.labels("webhook_deliveries").inc(pruned.deliveries)
+    runtime.metrics.pruned.labels("outbox_events").inc(pruned.events)
+    return {"deliveries": pruned.deliveries, "events": pruned.events}
 
 
 # A run not started this long after it was queued has probably lost its job (Redis was away).

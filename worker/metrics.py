@@ -45,6 +45,7 @@ class WorkerMetrics:
         self.idempotency_keys_purged = Counter(
             "hub_idempotency_keys_purged", "Idempotency keys deleted after their lifetime", registry=r
         )
+        self.pruned = Counter("hub_rows_pruned", "Rows deleted after their retention, by table", ["table"], registry=r)
         self.lag = Histogram(
             "hub_webhook_first_attempt_lag_seconds", "From the event's commit to its first attempt",
             buckets=LAG_BUCKETS, registry=r,

@@ -16,6 +16,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     requeue = jobs.instrumented(f"{ns}.requeue_unattended_runs", jobs.requeue_unattended_runs, settings)
     scheduled = jobs.instrumented(f"{ns}.start_scheduled_syncs", syncs.start_scheduled_syncs, settings)
     purge = jobs.instrumented(f"{ns}.purge_expired_keys", jobs.purge_expired_keys, settings)
+    prune = jobs.instrumented(f"{ns}.prune_history", jobs.prune_history, settings)
     every_sweep = set(range(5, 60, jobs.SWEEP_SECONDS))
     return [
         # Every minute, at :00.
@@ -25,4 +26,6 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
         cron(scheduled.coroutine, name=scheduled.name, second=every_sweep, timeout=120, max_tries=1),
         # Every ten minutes, at :30 past (keys live a day at least).
         cron(purge.coroutine, name=purge.name, minute=set(range(0, 60, 10)), second=30, timeout=600, max_tries=1),
+        # Every ten minutes, at :40 past.
+        cron(prune.coroutine, name=prune.name, minute=set(range(0, 60, 10)), second=40, timeout=600, max_tries=1),
     ]

@@ -2,6 +2,7 @@
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 from core import ids
 from core.ids import new_id, new_ids
@@ -40,7 +41,21 @@ def test_ids_made_in_one_millisecond_still_grow(monkeypatch):
     # holds, so later ones borrow the next millisecond rather than repeat or go back.
     frozen = (time.time_ns() // 1_000_000 + 10_000) * 1_000_000
     monkeypatch.setattr(ids.time, "time_ns", lambda: frozen)
+    for name in ("_millis", "_head", "_counter"):  # later tests' ids are not from the future
+        monkeypatch.setattr(ids, name, getattr(ids, name))
     values = [new_id() for _ in range(6_000)]
     assert values == sorted(values) and len(set(values)) == len(values)
     assert _millis(values[0]) == frozen // 1_000_000
     assert _millis(values[-1]) > _millis(values[0])
+
+
+def test_the_floor_id_of_a_moment_divides_ids_made_before_it_from_those_made_after():
+    earlier = new_ids(50)
+    time.sleep(0.002)
+    moment = datetime.now(UTC)
+    time.sleep(0.002)
+    later = new_ids(50)
+    floor = ids.floor_id(moment)
+    assert uuid.UUID(floor).version == 7 and _millis(floor) == int(moment.timestamp() * 1000)
+    assert max(earlier) < floor < min(later)
+    assert ids.floor_id(moment - timedelta(days=30)) < floor
