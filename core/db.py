@@ -19,7 +19,7 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, column, event, insert, table, update
+from sqlalchemy import Delete, bindparam, column, event, insert, table, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import (
@@ -332,6 +332,22 @@ class Database:
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()
+
+
+async def delete_in_chunks(db: Database, statement: Callable[[int], Delete], *, chunk: int) -> int:
+    """Run `statement(chunk)`, a DELETE of at most `chunk` rows of any tenant, each time in
+    a transaction of its own (the write lock is held briefly), until it deletes fewer;
+    return how many rows went."""
+    deleted = 0
+    while True:
+        async with db.write(None) as session:
+            result = await session.execute(
+                statement(chunk).execution_options(cross_tenant=True, synchronize_session=False)
+            )
+        count = result.rowcount or 0  # type: ignore[attr-defined]
+        deleted += count
+        if count < chunk:
+            return deleted
 
 
 def engine_for_migrations(url: str) -> AsyncEngine:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from sqlalchemy import delete, select
+from sqlalchemy import Delete, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.db import Database, DriverStatement, json_text, pg_arrays, stamper
+from core.db import Database, DriverStatement, delete_in_chunks, json_text, pg_arrays, stamper
 from core.errors import IdempotencyKeyReused, ValidationFailed
 from core.models import IdempotencyRecord, utcnow
 
@@ -175,17 +175,9 @@ async def purge_expired(db: Database, *, now: datetime | None = None, chunk: int
     holds the write lock briefly), and return how many went. A key past its lifetime is
     already free to take again (`claim_many`); this keeps the table from growing with
     every keyed request."""
-    now = now or utcnow()
-    purged = 0
-    while True:
-        expired = select(IdempotencyRecord.id).where(IdempotencyRecord.expires_at <= now).limit(chunk)
-        async with db.write(None) as session:
-            result = await session.execute(
-                delete(IdempotencyRecord)
-                .where(IdempotencyRecord.id.in_(expired.scalar_subquery()))
-                .execution_options(cross_tenant=True, synchronize_session=False)
-            )
-        deleted = result.rowcount or 0  # type: ignore[attr-defined]
-        purged += deleted
-        if deleted < chunk:
-            return purged
+    expired = select(IdempotencyRecord.id).where(IdempotencyRecord.expires_at <= (now or utcnow()))
+
+    def some_expired(n: int) -> Delete:
+        return delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(expired.limit(n).scalar_subquery()))
+
+    return await delete_in_chunks(db, some_expired, chunk=chunk)

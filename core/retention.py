@@ -8,19 +8,18 @@
 - Unpublished events and pending deliveries are never deleted.
 - The audit trail is append-only and kept for ever.
 
-Rows go a chunk per transaction, oldest first: the write lock is held briefly, and rows
-are found by a range of their time-ordered primary key (`core.ids.floor_id`).
+Rows go a chunk per transaction, oldest first (`core.db.delete_in_chunks`), found by a
+range of their time-ordered primary key (`core.ids.floor_id`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Delete, delete, exists, select
 
-from core.db import Database
+from core.db import Database, delete_in_chunks
 from core.deliveries import PENDING
 from core.ids import floor_id
 from core.models import OutboxEvent, WebhookDelivery
@@ -60,24 +59,14 @@ def _undelivered_before(before: datetime, chunk: int) -> Delete:
     return delete(_E).where(_E.id.in_(ids.scalar_subquery()))
 
 
-async def _in_chunks(db: Database, build: Callable[[datetime, int], Delete], before: datetime, chunk: int) -> int:
-    deleted = 0
-    while True:
-        async with db.write(None) as session:
-            result = await session.execute(
-                build(before, chunk).execution_options(cross_tenant=True, synchronize_session=False)
-            )
-        count = result.rowcount or 0  # type: ignore[attr-defined]
-        deleted += count
-        if count < chunk:
-            return deleted
-
-
 async def prune(
     db: Database, *, deliveries_before: datetime | None, events_before: datetime | None, chunk: int = CHUNK
 ) -> Pruned:
     """Delete finished deliveries created before `deliveries_before`, then published events
     written before `events_before` that have no delivery left (None: keep them all)."""
-    deliveries = 0 if deliveries_before is None else await _in_chunks(db, _finished_before, deliveries_before, chunk)
-    events = 0 if events_before is None else await _in_chunks(db, _undelivered_before, events_before, chunk)
+    deliveries = events = 0
+    if deliveries_before is not None:
+        deliveries = await delete_in_chunks(db, lambda n: _finished_before(deliveries_before, n), chunk=chunk)
+    if events_before is not None:
+        events = await delete_in_chunks(db, lambda n: _undelivered_before(events_before, n), chunk=chunk)
     return Pruned(deliveries, events)
