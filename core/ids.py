@@ -38,10 +38,15 @@ def _random_hex(digits: int) -> str:
     return _pool[at : at + digits]
 
 
+def _head_of(millis: int) -> str:
+    """An id's first 15 characters: its millisecond and version digit."""
+    text = f"{millis:012x}"
+    return f"{text[:8]}-{text[8:]}-7"
+
+
 def _start(millis: int) -> None:
     global _millis, _head, _counter
-    text = f"{millis:012x}"
-    _millis, _head = millis, f"{text[:8]}-{text[8:]}-7"
+    _millis, _head = millis, _head_of(millis)
     _counter = int(_random_hex(3), 16) >> 1  # from below 0x800: room to count up
 
 
@@ -68,5 +73,4 @@ def floor_id(moment: datetime) -> str:
     """The least version 7 id of `moment`'s millisecond: every id made before it is
     smaller, so a time range of rows is a range of their primary key (ids made in other
     ways, such as version 4 ids of older rows, do not follow time: filter by time too)."""
-    text = f"{int(moment.timestamp() * 1000):012x}"
-    return f"{text[:8]}-{text[8:]}-7000-8000-000000000000"
+    return f"{_head_of(int(moment.timestamp() * 1000))}000-8000-000000000000"
