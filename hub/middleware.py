@@ -107,14 +107,17 @@ class EdgeMiddleware:
             await send({"type": "http.response.body", "body": body})
 
         try:
-            if scope["method"].encode() in _BODY_METHODS and scope["path"].startswith("/api/"):
+            if scope["path"].startswith("/api/"):
+                # The size limit holds whatever the method: a DELETE with an Idempotency-Key
+                # has its body read too. Only the methods that take a JSON body must send JSON.
                 length = _header(scope, b"content-length")
                 if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                     await reply(413, "PAYLOAD_TOO_LARGE", "Payload too large", f"The body exceeds {self.max_body_bytes} bytes")
                     return
                 content_type = _header(scope, b"content-type")
                 has_body = (length is not None and length != b"0") or _header(scope, b"transfer-encoding") is not None
-                if has_body and (content_type is None or not _is_json(content_type)):
+                json_expected = scope["method"].encode() in _BODY_METHODS
+                if json_expected and has_body and (content_type is None or not _is_json(content_type)):
                     await reply(415, "UNSUPPORTED_MEDIA_TYPE", "Unsupported media type", "Send the body as application/json")
                     return
                 receive = self._limited(receive)

@@ -159,6 +159,24 @@ async def test_streamed_body_over_limit_is_413(client, db, settings, tenant):
     assert await row_counts(db, tenant.id) == before
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
+async def test_delete_body_over_limit_is_413(client, db, settings, tenant, streamed):
+    """A DELETE carrying an Idempotency-Key has its body read (to fingerprint it), so
+    the limit holds for it as for POST, PUT and PATCH."""
+    deal_id = await existing_deal(client, tenant)
+    before = await row_counts(db, tenant.id)
+    payload = b"x" * (settings.max_body_bytes + 1)
+    r = await client.request(
+        "DELETE",
+        f"/api/v1/deals/{deal_id}",
+        content=_stream(payload) if streamed else payload,
+        headers=tenant.headers(**{"Idempotency-Key": str(uuid.uuid4()), "Content-Type": "application/json"}),
+    )
+    assert_problem(r, 413, "PAYLOAD_TOO_LARGE")
+    assert await row_counts(db, tenant.id) == before
+    assert (await client.get(f"/api/v1/deals/{deal_id}", headers=tenant.headers())).status_code == 200
+
+
 async def test_streamed_body_under_limit_is_accepted(client, settings, tenant):
     payload = json.dumps(big_deal(settings.max_body_bytes // 2)).encode()
     r = await client.post(
