@@ -49,14 +49,18 @@ def conditional_get_docs(what: str) -> dict[int | str, dict[str, Any]]:
 
 
 def if_match(request: Request) -> list[str] | None:
-    """The tags of If-Match, checked later against the row being changed."""
+    """The strong tags of If-Match, checked later against the row being changed.
+
+    If-Match compares strongly (RFC 9110 §13.1.1): a weak tag never matches, so it is
+    dropped, and a list of nothing but weak tags fails at once."""
     header = request.headers.get("if-match")
     if header is None:
         return None
     tags = _tags(header)
-    if any(t.startswith("W/") for t in tags):
+    strong = [t for t in tags if not t.startswith("W/")]
+    if tags and not strong:
         raise PreconditionFailed("If-Match needs a strong ETag")
-    return tags
+    return strong
 
 
 def matches(tags: list[str] | None, resource_id: str, version: int) -> bool:

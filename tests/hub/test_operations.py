@@ -186,6 +186,19 @@ async def test_etag_if_none_match_and_if_match(client, tenant):
     assert (await client.delete(url, headers=tenant.headers(**{"If-Match": ok.headers["etag"]}))).status_code == 204
 
 
+async def test_if_match_passes_when_a_strong_tag_in_a_mixed_list_matches(client, tenant):
+    """Strong comparison (RFC 9110 13.1.1): weak tags never match, but they do not spoil
+    a list in which a strong tag does."""
+    created = await client.post("/api/v1/deals", json=deal_body(), headers=tenant.headers())
+    url = f"/api/v1/deals/{created.json()['id']}"
+    tag = created.headers["etag"]
+    weak_only = await client.patch(url, json={"stage": "closed"}, headers=tenant.headers(**{"If-Match": f'W/"x", W/{tag}'}))
+    assert weak_only.status_code == 412 and weak_only.json()["code"] == "PRECONDITION_FAILED"
+    mixed = await client.patch(url, json={"stage": "ic_review"}, headers=tenant.headers(**{"If-Match": f'W/"x", {tag}'}))
+    assert mixed.status_code == 200, mixed.text
+    assert mixed.json()["stage"] == "ic_review"
+
+
 async def test_request_log_line_is_json_with_ids_and_no_secrets(client, tenant, caplog):
     token = make_token(tenant_id=tenant.id, roles=["ANALYST"])
     with caplog.at_level(logging.INFO):
