@@ -53,11 +53,14 @@ async def oauth_callback(
     error_description: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> CallbackOut:
     claims = oauth_states.verify(state.vault, oauth_state)
+    # The limit is the tenant's, so it is checked before the single-use state is spent:
+    # a 429 changes nothing, and the same redirect works once Retry-After has passed.
+    request.state.principal = Principal(claims.tenant_id, "oauth", "callback", frozenset({Role.ADMIN}))
+    await rate_limits.enforce(request, state, request.state.principal, Permission.CONNECTIONS_MANAGE)
     pending = await oauth_states.consume(state.db, state.vault, claims)
     kind, _, actor_id = (pending.created_by or "oauth:callback").partition(":")
     principal = Principal(claims.tenant_id, kind, actor_id or "callback", frozenset({Role.ADMIN}))
     request.state.principal = principal
-    await rate_limits.enforce(request, state, principal, Permission.CONNECTIONS_MANAGE)
     if error is not None:
         raise OAuthAuthorizationDenied(f"The provider did not authorize the connection: {error}")
     if code is None:

@@ -17,7 +17,11 @@ from sqlalchemy import update
 
 from core import credentials as credential_store
 from core import oauth_states
+from core.changes import ChangeContext, mutation
+from core.identity import Principal
 from core.models import OAuthState, utcnow
+from core.roles import Role
+from core.tenants import set_limits
 from core.vault import Vault, generate_key_line, parse_keyring
 from tests.hub.integration_connectors import TOKEN_BASE, TOKEN_URL
 from tests.hub.integration_fixtures import (  # noqa: F401 - fixtures
@@ -172,6 +176,27 @@ async def test_a_forged_state_is_refused(client, tenant, other_tenant, provider,
     assert other["status"] == "AUTH_ERROR"
     # The genuine state still works afterwards: forgeries did not consume it.
     assert (await client.get("/api/v1/oauth/callback", params={"code": CODE, "state": state})).status_code == 200
+
+
+async def test_a_rate_limited_callback_keeps_the_state_for_the_retry(client, make_tenant, provider, salesforce_client, db, app):
+    """A 429 changes nothing: the state is still unused, so the admin's browser can
+    follow the same redirect again once Retry-After has passed."""
+    tenant = await make_tenant()
+    admin = Principal(tenant.id, "system", "test", frozenset({Role.ADMIN}))
+    async with mutation(db, ChangeContext(admin)) as m:
+        await set_limits(m, {"user_per_minute": 2, "burst_multiplier": 1})
+    connection = await create_connection(client, tenant, "salesforce")
+    state = (await _start(client, tenant, connection["id"]))["state"]  # the second and last request allowed
+    route = provider.post(SF_TOKEN_URL).respond(200, json=SF_TOKEN)
+    limited = await client.get("/api/v1/oauth/callback", params={"code": CODE, "state": state})
+    assert_problem(limited, 429, "RATE_LIMITED")
+    assert int(limited.headers["retry-after"]) >= 1
+    assert not route.called
+    await app.state.hub.redis.delete(f"ratelimit:{tenant.id}:user")  # Retry-After has passed: the bucket is full
+    retried = await client.get("/api/v1/oauth/callback", params={"code": CODE, "state": state})
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["status"] == "CONNECTED"
+    assert route.call_count == 1
 
 
 async def test_a_declined_authorization_consumes_the_state(client, tenant, provider, salesforce_client):
