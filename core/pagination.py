@@ -17,6 +17,7 @@ from core.errors import ValidationFailed
 from core.jsonable import iso
 
 MAX_LIMIT = 200
+_MAX_BIGINT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,16 @@ def decode_cursor(cursor: str, expected: type | None = None) -> tuple[Any, str]:
     if expected is not None and not isinstance(value, expected):
         raise _invalid_cursor()
     return value, row_id
+
+
+def decode_seq_cursor(cursor: str) -> int:
+    """The sequence number a plain-number cursor holds (the audit trail's `seq`).
+
+    ASCII digits only (str.isdigit() also passes '²', which int() refuses) and within the
+    bigint column, so a forged cursor is refused like any other, not sent to the database."""
+    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > _MAX_BIGINT:
+        raise _invalid_cursor()
+    return int(cursor)
 
 
 def _python_type(column: InstrumentedAttribute[Any]) -> type | None:

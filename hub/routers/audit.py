@@ -10,9 +10,9 @@ from pydantic import AwareDatetime, BaseModel
 from sqlalchemy import select
 
 from core import audit
-from core.errors import ValidationFailed
 from core.identity import Principal
 from core.models import AuditEvent
+from core.pagination import decode_seq_cursor
 from core.roles import Permission
 from hub.auth import State, require
 from hub.problems import error_responses
@@ -109,9 +109,7 @@ async def list_events(
     if until is not None:
         stmt = stmt.where(AuditEvent.occurred_at < until)
     if cursor is not None:
-        if not cursor.isdigit():
-            raise ValidationFailed("The cursor is not one this API issued", details=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}])
-        after = int(cursor)
+        after = decode_seq_cursor(cursor)
         stmt = stmt.where(AuditEvent.seq < after if order == "desc" else AuditEvent.seq > after)
     stmt = stmt.order_by(AuditEvent.seq.desc() if order == "desc" else AuditEvent.seq.asc()).limit(limit + 1)
     async with state.db.read(principal.tenant_id) as session:

@@ -129,6 +129,21 @@ async def test_query_validation_error_is_422_without_echoing_input(client, tenan
     assert {tuple(d["loc"]) for d in problem["details"]} >= {("query", "limit"), ("query", "sort")}
 
 
+@pytest.mark.parametrize("cursor", ["²", "١٢", "9" * 32, str(2**63), "-1", "12a"], ids=repr)
+async def test_bad_audit_cursor_is_422(client, tenant, cursor):
+    """Unicode digits pass str.isdigit() but not int(), and too many digits overflow the
+    bigint seq: both are the same 422 as any other cursor the API did not issue."""
+    r = await client.get("/api/v1/audit-events", params={"cursor": cursor}, headers=tenant.headers(Role.AUDITOR))
+    problem = assert_problem(r, 422, "VALIDATION_FAILED")
+    assert problem["details"] == [{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
+
+
+async def test_the_largest_audit_cursor_is_accepted(client, tenant):
+    r = await client.get("/api/v1/audit-events", params={"cursor": str(2**63 - 1)}, headers=tenant.headers(Role.AUDITOR))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"items": [], "next_cursor": None}
+
+
 @pytest.mark.parametrize(("method", "template", "valid"), BODY_ROUTES, ids=BODY_ROUTE_IDS)
 async def test_body_over_limit_with_content_length_is_413(client, db, settings, tenant, method, template, valid):
     path = template.format(deal_id=await existing_deal(client, tenant))
