@@ -29,8 +29,9 @@ if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
 
 log = logging.getLogger("worker.jobs")
-# Failures worth another try: the database or Redis is (briefly) unreachable.
-TRANSIENT: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, RedisError, ConnectionError)
+# Failures worth another try: the database or Redis is (briefly) unreachable (asyncpg's
+# connect timeout surfaces as a bare TimeoutError).
+TRANSIENT: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, RedisError, ConnectionError, TimeoutError)
 REPLAY_PAGE = 500
 
 JobBody = Callable[..., Awaitable[Any]]
@@ -44,6 +45,20 @@ async def _fail_run(runtime: WorkerRuntime, args: tuple[Any, ...], code: str, me
         log.exception("could not mark the run failed", extra={"run_id": run_id})
 
 
+class JobTimedOut(Exception):
+    """A job outlived its timeout (a TimeoutError the job itself raised is another matter)."""
+
+
+async def _within(timeout: float, work: Awaitable[Any]) -> Any:
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            return await work
+    except TimeoutError:
+        if deadline.expired():
+            raise JobTimedOut(f"not done within {timeout:g} s") from None
+        raise
+
+
 def instrumented(name: str, body: JobBody, settings: Settings, *, works_a_run: bool = False) -> Function:
     """`body(runtime, *args)` as an arq function with a timeout, retries and metrics."""
     timeout = settings.worker_job_timeout_seconds
@@ -54,11 +69,10 @@ def instrumented(name: str, body: JobBody, settings: Settings, *, works_a_run: b
         started = time.perf_counter()
         outcome = "failed"
         try:
-            async with asyncio.timeout(timeout):
-                result = await body(runtime, *args)
+            result = await _within(timeout, body(runtime, *args))
             outcome = "succeeded"
             return result
-        except TimeoutError:
+        except JobTimedOut:
             outcome = "timed_out"
             if works_a_run:
                 await _fail_run(runtime, args, "TIMED_OUT", f"The run did not finish within {timeout:g} s")

@@ -5,6 +5,10 @@ is stored with its cursor and the run's checkpoint in one transaction (`core.syn
 a sync killed at any point resumes from the last page it stored. A rate limit or an
 unavailable provider (open breaker included) pauses the sync; it resumes later from its
 checkpoint. A long sync works in slices: after `sync_slice_seconds` it queues the rest.
+
+A failure is the provider's only when reading from it raised it (`_ProviderFailed`): the
+same exception type raised while storing (asyncpg's connect timeout is a bare
+`TimeoutError`) is the database's, and the job is retried from the checkpoint.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker.syncs")
 # The database or Redis away: the job is retried and resumes from the checkpoint.
 _OURS_AWAY = (OperationalError, InterfaceError, RedisError)
+# What reading from the provider may raise that pauses the sync rather than failing it.
+_PAUSES = (RateLimited, ProviderUnavailable, TimeoutError, httpx.TransportError)
 
 
 class SyncFailed(Exception):
@@ -113,6 +119,22 @@ async def read_ahead(pages: AsyncIterator[T]) -> AsyncIterator[T]:
                 await ahead
 
 
+class _ProviderFailed(Exception):
+    """Reading from the provider raised `__cause__` (see the module's docstring)."""
+
+
+async def _from_provider(pages: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`pages`, with what fetching them raised wrapped in `_ProviderFailed`; the database or
+    Redis away (a token refresh saved, the shared breaker) stays ours."""
+    try:
+        async for page in pages:
+            yield page
+    except _OURS_AWAY:
+        raise
+    except Exception as exc:
+        raise _ProviderFailed from exc
+
+
 def _pause_for(runtime: WorkerRuntime, exc: BaseException, pauses: int) -> float:
     """How long to pause after `exc`, the `pauses`-th pause in a row (from 1)."""
     settings = runtime.settings
@@ -161,14 +183,18 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
             cursor = parse_cursor(positions[stream]) if stream in positions else parse_cursor(stored.get(stream))
             source = live.connector.read(stream, cursor=cursor)
             prepared = _prepared(source, run_id)
-            async with aclosing(source), aclosing(prepared), aclosing(read_ahead(prepared)) as pages:
+            async with (
+                aclosing(source), aclosing(prepared), aclosing(read_ahead(prepared)) as ahead,
+                aclosing(_from_provider(ahead)) as pages,
+            ):  # fmt: skip
                 async for page, page_cursor in pages:
-                    positions[stream] = normalise(page_cursor)
-                    pauses = 0
+                    # The checkpoint only ever holds the cursors of stored pages.
+                    stored_to = {**positions, stream: normalise(page_cursor)}
                     result = await syncs.store_page(
                         runtime.db, tenant_id, run_id, connection_id, stream=stream, page=page, cursor=page_cursor,
-                        checkpoint={"done": done, "cursors": positions, "pauses": 0},
+                        checkpoint={"done": done, "cursors": stored_to, "pauses": 0},
                     )  # fmt: skip
+                    positions, pauses = stored_to, 0
                     if result.written:
                         runtime.wake()
                     if result.cancel_requested:
@@ -179,7 +205,11 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
                         return {"sliced": True}
             done.append(stream)
             await runs.progress(runtime.db, tenant_id, run_id, checkpoint={"done": done, "cursors": positions, "pauses": 0})
-    except (RateLimited, ProviderUnavailable, TimeoutError, httpx.TransportError) as exc:
+    except _ProviderFailed as failed:
+        exc = failed.__cause__
+        assert exc is not None
+        if not isinstance(exc, _PAUSES):
+            return await fail(*_failure(exc, run_id))
         pauses += 1
         if pauses > runtime.settings.sync_max_pauses:
             return await fail("PROVIDER_UNAVAILABLE", f"Gave up after {pauses - 1} pauses: {_describe(exc)}", Outcome(classify(exc)))
@@ -189,19 +219,25 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
         await syncs.pause(runtime.db, tenant_id, run_id, resume_at=resume_at, error=_error(_pause_code(exc), _describe(exc)))
         log.info("sync paused", extra={"run_id": run_id, "resume_at": resume_at.isoformat(), "reason": type(exc).__name__})
         return {"paused_until": resume_at.isoformat()}
-    except AuthError as exc:
-        return await fail("AUTH_ERROR", f"The provider rejected the connection's credentials: {exc.message}", Outcome.AUTH_FAILED)
-    except ConfigError as exc:
-        return await fail("PROVIDER_CONFIG_ERROR", exc.message, Outcome.MISCONFIGURED)
-    except ProviderError as exc:
-        return await fail("PROVIDER_ERROR", exc.message)
-    except _OURS_AWAY:
+    except (*_OURS_AWAY, TimeoutError):  # a TimeoutError out here is the database's
         raise
     except Exception as exc:
         log.exception("sync failed unexpectedly", extra={"run_id": run_id})
         return await fail("SYNC_FAILED", f"The sync failed unexpectedly ({type(exc).__name__})")
     await syncs.finish(runtime.db, tenant_id, run_id, connection_id, status=runs.SUCCEEDED)
     return {"succeeded": True}
+
+
+def _failure(exc: BaseException, run_id: str) -> tuple[str, str, Outcome]:
+    """The code, message and health outcome of a sync failed by reading from the provider."""
+    if isinstance(exc, AuthError):
+        return "AUTH_ERROR", f"The provider rejected the connection's credentials: {exc.message}", Outcome.AUTH_FAILED
+    if isinstance(exc, ConfigError):
+        return "PROVIDER_CONFIG_ERROR", exc.message, Outcome.MISCONFIGURED
+    if isinstance(exc, ProviderError):
+        return "PROVIDER_ERROR", exc.message, Outcome.REJECTED
+    log.error("sync failed unexpectedly", exc_info=exc, extra={"run_id": run_id})
+    return "SYNC_FAILED", f"The sync failed unexpectedly ({type(exc).__name__})", Outcome.REJECTED
 
 
 def _pause_code(exc: BaseException) -> str:

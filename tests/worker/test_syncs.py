@@ -341,6 +341,40 @@ async def test_a_sync_killed_mid_way_resumes_and_ends_with_exactly_the_providers
     assert len(await outbox(db, tenant.id, "deal.created")) == 95
 
 
+async def test_a_page_that_failed_to_store_is_read_again_whatever_the_database_raised(
+    client, db, tenant, start_worker, monkeypatch
+):
+    """The database times out storing the second page with the built-in TimeoutError (as
+    asyncpg's connect timeout surfaces): that is no provider timeout, and the checkpoint
+    must not move past the page that was never stored."""
+    connection = await fake_crm(client, tenant)
+    real_store = worker_syncs.syncs.store_page
+    calls = 0
+
+    async def times_out_once_on_the_second_page(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise TimeoutError
+        return await real_store(*args, **kwargs)
+
+    monkeypatch.setattr(worker_syncs.syncs, "store_page", times_out_once_on_the_second_page)
+    runtime = await start_worker(worker_job_retry_seconds=0.05, sync_pause_seconds=0.01)
+    run = await start_sync(client, tenant, connection["id"])
+
+    async def finished() -> dict[str, Any] | None:
+        await worker_jobs.requeue_unattended_runs(runtime)  # resumes it, were it paused
+        current = await get_run(client, tenant, run["id"])
+        return current if current["status"] in runs.FINISHED else None
+
+    done = await wait_for(finished, timeout=20, interval=0.2)
+    assert done["status"] == "succeeded" and done["error"] is None
+    assert done["progress"]["records_read"] == 25 and done["progress"]["pages"] == 3
+    config = FakeCRMConfig(records=25, page_size=10)
+    assert sorted(await stored_deals(db, tenant.id)) == [fake_deal(config, i).external_id for i in range(25)]
+    assert len(await audit_trail(db, tenant.id, "deal.created")) == 25
+
+
 # --------------------------------------------------------------------------- schedules
 
 
