@@ -36,12 +36,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import webhooks
 from core.changes import Mutation
-from core.db import Database, DriverStatement, binds, pg_arrays, stamper
+from core.db import Database, DriverStatement, Stamp, binds, pg_arrays, stamper
 from core.errors import Conflict, NotFound
 from core.ids import new_ids
 from core.jsonable import dumps
@@ -117,6 +116,9 @@ class Due:
     body: bytes
     # When the event was written (just before its commit): the start of delivery lag.
     event_created_at: datetime
+    # The lease's end as the claim wrote it (`stamper`'s form): the fencing token its
+    # result is recorded under. Claimed again (the lease lapsed), a delivery gets another.
+    lease: Any
 
 
 @dataclass(slots=True)
@@ -147,6 +149,9 @@ class Recorded:
     disable: list[tuple[str, str, str, str]] = field(default_factory=list)
     # The earliest retry due, if any (a worker wakes for it rather than waiting a sweep).
     next_retry_at: datetime | None = None
+    # Results dropped because their lease had passed to another claim (or the delivery
+    # was deleted): the attempt was made, but the delivery is no longer this worker's.
+    stale: int = 0
 
 
 # --- the hot path's rows
@@ -320,7 +325,9 @@ async def claim_due(
         event = events.get(event_id)
         if event is not None:
             body = envelope_body(event)
-            due.append(Due(id_, tenant_id, endpoint_id, event_id, event_type, attempts, total, body, read_time(event.created_at)))
+            due.append(
+                Due(id_, tenant_id, endpoint_id, event_id, event_type, attempts, total, body, read_time(event.created_at), params["lease"])
+            )
     return due
 
 
@@ -437,62 +444,33 @@ async def release(db: Database, owner: str) -> int:
 
 
 async def record(
-    db: Database, results: Sequence[AttemptResult], *, policy: RetryPolicy, disable_after_seconds: float
+    db: Database, results: Sequence[AttemptResult], *, owner: str, policy: RetryPolicy, disable_after_seconds: float
 ) -> Recorded:
     """Log a batch of attempts and move their deliveries on, in one transaction; notes
-    endpoints that answered 410 or have failed for longer than `disable_after_seconds`."""
-    out = Recorded()
+    endpoints that answered 410 or have failed for longer than `disable_after_seconds`.
+
+    A result counts only while its delivery is still leased to `owner` under the lease it
+    was claimed with. One whose lease lapsed and was claimed again (by another worker, or
+    by this one) is dropped: the newer claim's result decides, and an old failure cannot
+    set a delivered event back to pending or an endpoint back to failing."""
     if not results:
-        return out
+        return Recorded()
     now = utcnow()
     stamp = stamper(db)
     now_stamp = stamp(now)
-    attempts: list[tuple[Any, ...]] = []
-    changes: list[tuple[Any, ...]] = []
-    # The last outcome per endpoint decides whether it is failing.
-    endpoint_ok: dict[str, bool] = {}
-    tenants: dict[str, str] = {}
-    ids = new_ids(len(results))
-    for r, attempt_id in zip(results, ids, strict=True):
-        due = r.due
-        made = due.attempts + 1
-        if r.outcome == SUCCESS:
-            status, next_at = SUCCEEDED, None
-            out.succeeded += 1
-        else:
-            delay = None if (r.gone or r.outcome == ENDPOINT_DISABLED) else policy.delay(made, r.retry_after)
-            if delay is None:
-                status, next_at = FAILED, None
-                out.failed += 1
-            else:
-                status, next_at = PENDING, r.started_at + timedelta(seconds=r.duration_ms / 1000 + delay)
-                out.retrying += 1
-                if out.next_retry_at is None or next_at < out.next_retry_at:
-                    out.next_retry_at = next_at
-        if r.outcome != ENDPOINT_DISABLED:
-            endpoint_ok[due.endpoint_id] = r.outcome == SUCCESS
-            tenants[due.endpoint_id] = due.tenant_id
-        if r.gone:
-            out.disable.append((due.tenant_id, due.endpoint_id, webhooks.GONE, "The endpoint answered 410 Gone"))
-        started = stamp(r.started_at)
-        next_stamp = stamp(next_at)
-        error = None if r.error is None else r.error[:MAX_ERROR_LENGTH]
-        number = due.total_attempts + 1
-        # In ATTEMPT_COLUMNS' order, and FINISH_COLUMNS'.
-        attempts.append(
-            (attempt_id, due.tenant_id, due.id, due.endpoint_id, number, started, round(r.duration_ms, 3), r.status_code,
-             r.outcome, error, r.excerpt, next_stamp)
-        )  # fmt: skip
-        changes.append(
-            (due.id, status, made, number, next_stamp, r.status_code, error, started, now_stamp,
-             None if status == PENDING else now_stamp)
-        )  # fmt: skip
-    try:
-        await _write(db, attempts, changes, endpoint_ok, now_stamp, alive_only=False)
-    except IntegrityError:
-        # A delivery was deleted meanwhile (with its endpoint): log only those still there.
-        await _write(db, attempts, changes, endpoint_ok, now_stamp, alive_only=True)
-    failing = [e for e, ok in endpoint_ok.items() if not ok]
+    rows = _Rows(results, policy, stamp, now_stamp)
+    async with db.write(None) as session:
+        held = await _held(session, results, owner)
+        kept = [r for r in results if (r.due.id, r.due.lease) in held]
+        if len(kept) < len(results):
+            rows = _Rows(kept, policy, stamp, now_stamp)
+            rows.out.stale = len(results) - len(kept)
+        await INSERT_ATTEMPTS.executemany(session, rows.attempts)
+        await FINISH_DELIVERIES.executemany(session, rows.changes)
+        await MARK_FAILING.executemany(session, [(e, now_stamp) for e, ok in rows.endpoint_ok.items() if not ok])
+        await MARK_RECOVERED.executemany(session, [(e,) for e, ok in rows.endpoint_ok.items() if ok])
+    out = rows.out
+    failing = [e for e, ok in rows.endpoint_ok.items() if not ok]
     if failing:
         async with db.read(None) as session:
             too_long = select(WebhookEndpoint.id).where(
@@ -502,31 +480,76 @@ async def record(
             )
             for endpoint_id in (await session.execute(too_long.execution_options(cross_tenant=True))).scalars():
                 out.disable.append(
-                    (tenants[endpoint_id], endpoint_id, webhooks.FAILING, "Every attempt failed for longer than allowed")
+                    (rows.tenants[endpoint_id], endpoint_id, webhooks.FAILING, "Every attempt failed for longer than allowed")
                 )
     return out
 
 
-async def _write(
-    db: Database,
-    attempts: list[tuple[Any, ...]],
-    changes: list[tuple[Any, ...]],
-    endpoint_ok: dict[str, bool],
-    now: Any,
-    *,
-    alive_only: bool,
-) -> None:
-    async with db.write(None) as session:
-        if alive_only:
-            ids = [c[0] for c in changes]
-            alive_stmt = select(D.id).where(D.id.in_(ids)).execution_options(cross_tenant=True)
-            alive = set((await session.execute(alive_stmt)).scalars())
-            attempts = [a for a in attempts if a[2] in alive]
-            changes = [c for c in changes if c[0] in alive]
-        await INSERT_ATTEMPTS.executemany(session, attempts)
-        await FINISH_DELIVERIES.executemany(session, changes)
-        await MARK_FAILING.executemany(session, [(e, now) for e, ok in endpoint_ok.items() if not ok])
-        await MARK_RECOVERED.executemany(session, [(e,) for e, ok in endpoint_ok.items() if ok])
+def _held_statement(dialect: str) -> Any:
+    stmt = select(_R.c.id, _R.c.lease_until).where(
+        ids_in(_R.c.id, dialect), _R.c.lease_owner == bindparam("owner"), _R.c.status == literal_column(f"'{PENDING}'")
+    )
+    # Locked until the results are written, in one order (two writers never deadlock):
+    # a claim meanwhile skips these rows.
+    return stmt.order_by(_R.c.id).with_for_update() if dialect == "postgresql" else stmt
+
+
+_HELD = {d: _held_statement(d) for d in ("sqlite", "postgresql")}
+
+
+async def _held(session: AsyncSession, results: Sequence[AttemptResult], owner: str) -> set[tuple[str, Any]]:
+    """(id, lease) of the results' deliveries leased to `owner` now."""
+    connection = await session.connection()
+    ids = list({r.due.id for r in results})
+    return {(id_, lease) for id_, lease in await connection.execute(_HELD[connection.dialect.name], {"ids": ids, "owner": owner})}
+
+
+class _Rows:
+    """A batch of results as the rows `record` writes (ATTEMPT_COLUMNS' and FINISH_COLUMNS'
+    order), and what they decide."""
+
+    __slots__ = ("attempts", "changes", "endpoint_ok", "out", "tenants")
+
+    def __init__(self, results: Sequence[AttemptResult], policy: RetryPolicy, stamp: Stamp, now_stamp: Any) -> None:
+        self.out = out = Recorded()
+        self.attempts: list[tuple[Any, ...]] = []
+        self.changes: list[tuple[Any, ...]] = []
+        # The last outcome per endpoint decides whether it is failing.
+        self.endpoint_ok: dict[str, bool] = {}
+        self.tenants: dict[str, str] = {}
+        for r, attempt_id in zip(results, new_ids(len(results)), strict=True):
+            due = r.due
+            made = due.attempts + 1
+            if r.outcome == SUCCESS:
+                status, next_at = SUCCEEDED, None
+                out.succeeded += 1
+            else:
+                delay = None if (r.gone or r.outcome == ENDPOINT_DISABLED) else policy.delay(made, r.retry_after)
+                if delay is None:
+                    status, next_at = FAILED, None
+                    out.failed += 1
+                else:
+                    status, next_at = PENDING, r.started_at + timedelta(seconds=r.duration_ms / 1000 + delay)
+                    out.retrying += 1
+                    if out.next_retry_at is None or next_at < out.next_retry_at:
+                        out.next_retry_at = next_at
+            if r.outcome != ENDPOINT_DISABLED:
+                self.endpoint_ok[due.endpoint_id] = r.outcome == SUCCESS
+                self.tenants[due.endpoint_id] = due.tenant_id
+            if r.gone:
+                out.disable.append((due.tenant_id, due.endpoint_id, webhooks.GONE, "The endpoint answered 410 Gone"))
+            started = stamp(r.started_at)
+            next_stamp = stamp(next_at)
+            error = None if r.error is None else r.error[:MAX_ERROR_LENGTH]
+            number = due.total_attempts + 1
+            self.attempts.append(
+                (attempt_id, due.tenant_id, due.id, due.endpoint_id, number, started, round(r.duration_ms, 3),
+                 r.status_code, r.outcome, error, r.excerpt, next_stamp)
+            )  # fmt: skip
+            self.changes.append(
+                (due.id, status, made, number, next_stamp, r.status_code, error, started, now_stamp,
+                 None if status == PENDING else now_stamp)
+            )  # fmt: skip
 
 
 # --- what callers see

@@ -124,7 +124,10 @@ async def relay_batch(
                 if body is None:
                     body = bodies[event.id] = envelope_body(event)
                 leased.append(
-                    Due(delivery_id, event.tenant_id, endpoint.id, event.id, event.event_type, 0, 0, body, read_time(event.created_at))
+                    Due(
+                        delivery_id, event.tenant_id, endpoint.id, event.id, event.event_type, 0, 0, body,
+                        read_time(event.created_at), lease_stamp,
+                    )  # fmt: skip
                 )
                 used[endpoint.id] = endpoint
         await insert_deliveries(session, rows, now=now_stamp, lease=lease_stamp, owner=owner)

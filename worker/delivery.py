@@ -341,8 +341,7 @@ class Dispatcher:
             while queue and not self._closing:
                 item, deadline = queue.popleft()
                 try:
-                    if time.monotonic() < deadline:
-                        await self._deliver(item)
+                    if time.monotonic() < deadline and await self._deliver(item, deadline):
                         pace.completed()
                 except Exception:  # noqa: BLE001 - one delivery's bug must not stop the lane; its lease lapses
                     log.exception("delivery failed unexpectedly", extra={"delivery_id": item.id})
@@ -377,29 +376,20 @@ class Dispatcher:
 
     # --- one attempt
 
-    async def _deliver(self, item: Due) -> None:
+    async def _deliver(self, item: Due, deadline: float) -> bool:
+        """Make one attempt, unless the lease will not cover it (False: the lease lapses
+        and the delivery is claimed again)."""
         prepared = self._targets.get(item.endpoint_id)
         if prepared is None or time.monotonic() - prepared.loaded_at >= TARGET_TTL_SECONDS:
             prepared = await self._target(item.endpoint_id)
             if prepared is None:
-                return  # the endpoint was deleted, and its deliveries with it
-        started_at = utcnow()
+                return False  # the endpoint was deleted, and its deliveries with it
         if not prepared.target.enabled:
-            self._push(AttemptResult(item, started_at, 0.0, deliveries.ENDPOINT_DISABLED, error="The endpoint is disabled"))
-            return
-        if item.total_attempts == 0:
-            self._metrics.lag.observe(max(0.0, (started_at - item.event_created_at).total_seconds()))
+            self._push(AttemptResult(item, utcnow(), 0.0, deliveries.ENDPOINT_DISABLED, error="The endpoint is disabled"))
+            return True
         if prepared.refused is not None:
-            self._push(AttemptResult(item, started_at, 0.0, deliveries.ADDRESS_REFUSED, error=prepared.refused))
-            return
-        timestamp = int(time.time())
-        headers = {
-            "User-Agent": USER_AGENT,
-            "Content-Type": "application/json",
-            "webhook-id": item.event_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature(prepared.keys, item.event_id, timestamp, item.body),
-        }
+            self._push(AttemptResult(item, utcnow(), 0.0, deliveries.ADDRESS_REFUSED, error=prepared.refused))
+            return True
         assert self._session is not None
         status: int | None = None
         excerpt: str | None = None
@@ -408,6 +398,20 @@ class Dispatcher:
         outcome = deliveries.CONNECTION_ERROR
         running = self._deadlines.running
         async with self._slots:
+            # Waiting for a slot (every one busy with slow endpoints) may outlast the lease.
+            if time.monotonic() >= deadline:
+                return False
+            started_at = utcnow()
+            if item.total_attempts == 0:
+                self._metrics.lag.observe(max(0.0, (started_at - item.event_created_at).total_seconds()))
+            timestamp = int(time.time())
+            headers = {
+                "User-Agent": USER_AGENT,
+                "Content-Type": "application/json",
+                "webhook-id": item.event_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": signature(prepared.keys, item.event_id, timestamp, item.body),
+            }
             self._in_flight += 1
             began = time.perf_counter()
             try:
@@ -442,6 +446,7 @@ class Dispatcher:
             if verdict.honour_retry_after:
                 result.retry_after = parse_retry_after(retry_after)
         self._push(result)
+        return True
 
     async def _excerpt(self, response: aiohttp.ClientResponse) -> str | None:
         limit = self._excerpt_bytes
@@ -487,8 +492,9 @@ class Dispatcher:
         for attempt in range(1, RECORD_TRIES + 1):
             try:
                 recorded = await deliveries.record(
-                    self._db, batch, policy=self.policy, disable_after_seconds=self._settings.webhook_disable_after_seconds
-                )
+                    self._db, batch, owner=self.owner, policy=self.policy,
+                    disable_after_seconds=self._settings.webhook_disable_after_seconds,
+                )  # fmt: skip
                 break
             except Exception:  # noqa: BLE001 - the database may be briefly away; try again, then let leases lapse
                 log.exception("writing webhook results failed", extra={"attempt": attempt, "results": len(batch)})
@@ -498,6 +504,9 @@ class Dispatcher:
         self._metrics.deliveries.labels(deliveries.SUCCEEDED).inc(recorded.succeeded)
         self._metrics.deliveries.labels(deliveries.FAILED).inc(recorded.failed)
         self._metrics.retries.inc(recorded.retrying)
+        if recorded.stale:
+            self._metrics.results_stale.inc(recorded.stale)
+            log.warning("webhook results dropped: their leases had lapsed and been claimed again", extra={"results": recorded.stale})
         if recorded.next_retry_at is not None:
             self._wake_at(recorded.next_retry_at)
         for tenant_id, endpoint_id, reason, detail in dict.fromkeys(recorded.disable):

@@ -42,6 +42,9 @@ class WorkerMetrics:
             "hub_webhook_deliveries_finished", "Deliveries that reached a final state, by status", ["status"], registry=r
         )
         self.retries = Counter("hub_webhook_retries_scheduled", "Failed attempts scheduled for another try", registry=r)
+        self.results_stale = Counter(
+            "hub_webhook_results_stale", "Attempt results dropped: the delivery's lease had passed to a newer claim", registry=r
+        )
         self.idempotency_keys_purged = Counter(
             "hub_idempotency_keys_purged", "Idempotency keys deleted after their lifetime", registry=r
         )

@@ -9,7 +9,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
-from uuid import uuid4
 
 import httpx
 import orjson
@@ -26,7 +25,7 @@ from core.embedded_redis import EmbeddedRedis
 from core.jobs import Keys
 from core.models import Run
 from hub.app import create_app
-from hub.outbox_nudge import OutboxNudge
+from hub.outbox_nudge import OutboxNudge, notify_outbox
 from tests.conftest import deal_body
 from tests.worker.conftest import FAST, Receiver, wait_for
 from tests.worker.test_delivery import answer, make_deal, make_endpoint, settled
@@ -323,25 +322,124 @@ async def test_a_webhook_timestamp_is_the_attempts_own(client, app, tenant, rece
 __all__ = ["Receiver", "web"]
 
 
-async def test_results_for_deliveries_deleted_meanwhile_are_dropped(app, client, tenant, receiver, start_worker):
-    """An endpoint deleted while its requests are in flight: the other results are kept."""
-    from core.deliveries import AttemptResult, Due, RetryPolicy, record
+async def leased_to(app: Any, owner: str, lease_seconds: float) -> dict[str, Any]:
+    """Relay every event waiting, leasing the new deliveries to `owner`: each endpoint's
+    claim (a `Due`), by endpoint id."""
+    from core.relay import relay_batch
+
+    hub, leased = app.state.hub, {}
+    while (batch := await relay_batch(hub.db, hub.vault, owner=owner, lease_seconds=lease_seconds, limit=100)).events:
+        leased.update((due.endpoint_id, due) for due in batch.leased)
+    return leased
+
+
+async def claim_again(app: Any, owner: str, delivery_id: str) -> Any:
+    from core.deliveries import claim_due
+
+    claimed = await claim_due(app.state.hub.db, owner=owner, lease_seconds=60, limit=1000)
+    (due,) = [due for due in claimed if due.id == delivery_id]
+    return due
+
+
+async def test_a_result_counts_only_under_the_lease_it_was_claimed_with(app, client, tenant):
+    """Worker A's lease lapses mid-request and worker B claims the delivery again and
+    delivers it: A's late failure is dropped, so the delivery stays delivered (not sent
+    again), its attempts are numbered once, and the endpoint is not marked failing."""
+    from core.deliveries import AttemptResult, RetryPolicy, record
     from core.models import utcnow
 
-    await start_worker()
-    endpoint_id, _ = await make_endpoint(client, tenant, receiver.url, ["deal.*"])
+    db, policy = app.state.hub.db, RetryPolicy((1.0,))
+    endpoint_id, _ = await make_endpoint(client, tenant, "http://127.0.0.1:9/hook", ["deal.created"])
     await make_deal(client, app, tenant)
-    (delivery,) = await settled(client, tenant, endpoint_id)
-    now = utcnow()
-    ghost = Due(str(uuid4()), tenant.id, endpoint_id, str(uuid4()), "deal.created", 0, 0, b"{}", now)
-    real = Due(delivery["id"], tenant.id, endpoint_id, delivery["event_id"], "deal.created", 1, 1, b"{}", now)
-    results = [AttemptResult(ghost, now, 1.0, "success", 200), AttemptResult(real, now, 1.0, "success", 200)]
-    recorded = await record(app.state.hub.db, results, policy=RetryPolicy((1.0,)), disable_after_seconds=60)
-    assert recorded.succeeded == 2
+    late = (await leased_to(app, "worker-a", lease_seconds=0.2))[endpoint_id]
+    await asyncio.sleep(0.3)
+    fresh = await claim_again(app, "worker-b", late.id)
+    assert fresh.lease != late.lease
+
+    won = await record(db, [AttemptResult(fresh, utcnow(), 5.0, "success", 200)], owner="worker-b", policy=policy, disable_after_seconds=60)
+    lost = await record(
+        db, [AttemptResult(late, utcnow(), 5.0, "http_error", 503, error="HTTP 503")], owner="worker-a",
+        policy=policy, disable_after_seconds=60,
+    )  # fmt: skip
+    assert (won.succeeded, won.stale) == (1, 0)
+    assert (lost.retrying, lost.failed, lost.stale) == (0, 0, 1)
+
+    delivery = (await client.get(f"/api/v1/webhook-endpoints/{endpoint_id}/deliveries/{late.id}", headers=tenant.headers())).json()
+    assert delivery["status"] == "succeeded" and delivery["last_status_code"] == 200
     attempts = (await client.get(
-        f"/api/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery['id']}/attempts", headers=tenant.headers()
-    )).json()["items"]
-    assert [a["number"] for a in attempts] == [1, 2]
+        f"/api/v1/webhook-endpoints/{endpoint_id}/deliveries/{late.id}/attempts", headers=tenant.headers()
+    )).json()["items"]  # fmt: skip
+    assert [(a["number"], a["status_code"]) for a in attempts] == [(1, 200)]
+    endpoint = (await client.get(f"/api/v1/webhook-endpoints/{endpoint_id}", headers=tenant.headers())).json()
+    assert endpoint["failing_since"] is None
+
+
+async def test_a_worker_that_claims_its_own_lapsed_delivery_again_counts_the_newer_claim_only(app, client, tenant):
+    from core.deliveries import AttemptResult, RetryPolicy, record
+    from core.models import utcnow
+
+    db, policy = app.state.hub.db, RetryPolicy((1.0,))
+    endpoint_id, _ = await make_endpoint(client, tenant, "http://127.0.0.1:9/hook", ["deal.created"])
+    await make_deal(client, app, tenant)
+    first = (await leased_to(app, "worker-a", lease_seconds=0.2))[endpoint_id]
+    await asyncio.sleep(0.3)
+    second = await claim_again(app, "worker-a", first.id)
+
+    both = [AttemptResult(first, utcnow(), 5.0, "success", 200), AttemptResult(second, utcnow(), 5.0, "http_error", 500, error="HTTP 500")]
+    recorded = await record(db, both, owner="worker-a", policy=policy, disable_after_seconds=60)
+    assert (recorded.succeeded, recorded.retrying, recorded.stale) == (0, 1, 1)
+    delivery = (await client.get(f"/api/v1/webhook-endpoints/{endpoint_id}/deliveries/{first.id}", headers=tenant.headers())).json()
+    assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("pending", 1, 500)
+
+
+async def test_results_for_deliveries_deleted_meanwhile_are_dropped(app, client, tenant):
+    """An endpoint deleted while its requests are in flight: the other results are kept."""
+    from core.deliveries import AttemptResult, RetryPolicy, record
+    from core.models import utcnow
+
+    kept_id, _ = await make_endpoint(client, tenant, "http://127.0.0.1:9/kept", ["deal.created"])
+    gone_id, _ = await make_endpoint(client, tenant, "http://127.0.0.1:9/gone", ["deal.created"])
+    await make_deal(client, app, tenant)
+    leased = await leased_to(app, "worker-a", lease_seconds=60)
+    kept, gone = leased[kept_id], leased[gone_id]
+    r = await client.delete(f"/api/v1/webhook-endpoints/{gone_id}", headers=tenant.headers())
+    assert r.status_code == 204, r.text
+
+    now = utcnow()
+    results = [AttemptResult(gone, now, 1.0, "success", 200), AttemptResult(kept, now, 1.0, "success", 200)]
+    recorded = await record(app.state.hub.db, results, owner="worker-a", policy=RetryPolicy((1.0,)), disable_after_seconds=60)
+    assert (recorded.succeeded, recorded.stale) == (1, 1)
+    attempts = (await client.get(
+        f"/api/v1/webhook-endpoints/{kept_id}/deliveries/{kept.id}/attempts", headers=tenant.headers()
+    )).json()["items"]  # fmt: skip
+    assert [a["number"] for a in attempts] == [1]
+
+
+async def test_a_request_that_waited_past_its_lease_for_a_slot_is_not_sent(app, client, tenant, receiver, start_worker):
+    """One request in flight per worker: the slow endpoint holds it past the other
+    delivery's lease (less the timeout it must leave room for), so that delivery is left
+    to be claimed again rather than sent outside its lease."""
+
+    async def slow_first(request: web.Request, n: int) -> web.Response:
+        if request.query.get("e") == "slow":
+            await asyncio.sleep(0.9)
+        return web.Response(text="ok")
+
+    receiver.behaviour = slow_first
+    await start_worker(webhook_max_in_flight=1, webhook_lease_seconds=1.5, webhook_timeout_seconds=1.0)
+    await make_endpoint(client, tenant, receiver.url + "?e=slow", ["deal.created"])
+    waiting_id, _ = await make_endpoint(client, tenant, receiver.url + "?e=waiting", ["deal.updated"])
+    deal_id = await make_deal(client, app, tenant)
+    await wait_for(lambda: receiver.at("e=slow"))  # the one slot is taken
+    r = await client.patch(f"/api/v1/deals/{deal_id}", json={"stage": "ic_review"}, headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    updated = time.time()
+    notify_outbox(app.state.hub)
+    (delivery,) = await settled(client, tenant, waiting_id)
+    # Sent once, when claimed again after its first lease (1.5 s) had run out.
+    (sent,) = receiver.at("e=waiting")
+    assert sent.at - updated >= 1.4
+    assert delivery["attempts"] == 1 and delivery["status"] == "succeeded"
 
 
 async def test_a_worker_stopping_hands_back_what_it_has_not_sent(app, client, tenant, receiver, start_worker):
