@@ -48,11 +48,12 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII only: str.isdigit() is also true for '²', which float() refuses.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year past datetime's range
         return None
     if when.tzinfo is None:  # an HTTP date is always GMT
         return None

@@ -40,7 +40,14 @@ def test_retry_after_in_the_past_means_now() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
 
 
-@pytest.mark.parametrize("value", [None, "", "soon", "-5", "1.5", "Wed, 99 Foo 2024 25:61:00"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None, "", "soon", "-5", "1.5", "Wed, 99 Foo 2024 25:61:00",
+        "²", "١٢",  # str.isdigit() is true for these; only ASCII digits are delta-seconds
+        "Mon, 01 Jan 99999999999 00:00:00 GMT",  # a year past datetime's range
+    ],
+)
 def test_malformed_retry_after_is_ignored(value: str | None) -> None:
     assert parse_retry_after(value) is None
 
