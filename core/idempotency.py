@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from sqlalchemy import Delete, delete, select
+from sqlalchemy import Delete, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.db import Database, DriverStatement, delete_in_chunks, json_text, pg_arrays, stamper
@@ -153,8 +153,18 @@ async def complete_many(session: AsyncSession, responses: Sequence[tuple[str, st
     await _COMPLETE.executemany(session, rows)
 
 
-async def complete(session: AsyncSession, *, actor: str, key: str, response: StoredResponse) -> None:
+async def complete(
+    session: AsyncSession, *, actor: str, key: str, response: StoredResponse, expires_at: datetime | None = None
+) -> None:
+    """Store a claimed key's response; `expires_at` replaces the claim's expiry (a key
+    claimed with a short lease keeps its response for the full lifetime)."""
     await complete_many(session, [(actor, key, response)])
+    if expires_at is not None:
+        await session.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.actor == actor, IdempotencyRecord.key == key)
+            .values(expires_at=expires_at)
+        )
 
 
 async def release(session: AsyncSession, *, actor: str, key: str) -> None:

@@ -32,6 +32,7 @@ from core.changes import ChangeContext, Mutation, mutation
 from core.connections import Outcome as CallOutcome
 from core.errors import HubError, UpstreamAuthFailed, UpstreamError, UpstreamUnavailable
 from core.identity import Principal
+from core.models import utcnow
 from hub.state import HubState
 from hub.writes import Outcome, committed, idempotent, render, request_fingerprint, respond, stored_response
 
@@ -102,6 +103,12 @@ def upstream_problem(exc: BaseException) -> HubError:
     return UpstreamError("The connector failed unexpectedly")
 
 
+def _claim_lease(state: HubState) -> timedelta:
+    """How long an unanswered provider call holds its key: the call's time limit, and as
+    long again to store its answer."""
+    return timedelta(seconds=2 * state.settings.connector_timeout_seconds)
+
+
 async def _release(state: HubState, principal: Principal, key: str) -> None:
     async with state.db.write(principal.tenant_id) as session:
         await idempotency.release(session, actor=principal.actor_key, key=key)
@@ -111,14 +118,15 @@ async def _claim_or_replay(request: Request, state: HubState, principal: Princip
     """None once this request holds `key`; else the stored response of the request that did."""
     idempotency.check_key(key)
     fingerprint = request_fingerprint(request, await request.body())
-    ttl = timedelta(hours=state.settings.idempotency_ttl_hours)
 
     async def claim() -> bool | None:
-        # In a short transaction of its own: the provider is called outside any.
+        # In a short transaction of its own: the provider is called outside any. Until
+        # the answer is stored the claim is only a lease, so a key whose request died
+        # mid-call (its release never ran) is free again soon, not after a day.
         async with state.db.write(principal.tenant_id) as session:
             claimed = await idempotency.claim(
                 session, tenant_id=principal.tenant_id, actor=principal.actor_key, key=key,
-                request_fingerprint=fingerprint, ttl=ttl,
+                request_fingerprint=fingerprint, ttl=_claim_lease(state),
             )  # fmt: skip
         return claimed or None
 
@@ -151,8 +159,9 @@ async def perform_call(
             if key is not None and isinstance(answer, Answer):
                 body = render(answer.body)
                 await idempotency.complete(
-                    m.session, actor=principal.actor_key, key=key, response=stored_response(answer, body)
-                )
+                    m.session, actor=principal.actor_key, key=key, response=stored_response(answer, body),
+                    expires_at=utcnow() + timedelta(hours=state.settings.idempotency_ttl_hours),
+                )  # fmt: skip
     except BaseException:
         if key is not None:
             await _release(state, principal, key)

@@ -3,12 +3,15 @@ credential status and removal, events, and tenant isolation on every route."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from core import credentials as credential_store
-from core.models import ConnectionCredential
+from core.models import ConnectionCredential, IdempotencyRecord
 from core.roles import Role
 from tests.hub.integration_connectors import KEYED_BASE
 from tests.hub.integration_fixtures import (  # noqa: F401 - fixtures
@@ -301,3 +304,32 @@ async def test_a_failed_idempotent_call_releases_its_key(client, tenant, provide
     assert r.status_code == 200, r.text
     assert r.json()["result"] == {"id": "N-9", "deal_id": "D-1"}
 
+
+
+async def test_a_key_whose_call_died_unanswered_is_free_again_after_its_lease(app, client, tenant, provider, monkeypatch):
+    """A request that dies mid-call never releases its key (here: the release is lost).
+    Its claim is a lease of twice the call's time limit, not the key's day-long lifetime,
+    so the retry runs the call once the lease is over; the answer is then kept a day."""
+    from hub import provider_calls
+
+    monkeypatch.setattr(app.state.hub.settings, "connector_timeout_seconds", 0.25)
+    made = await create_connection(client, tenant, "keyed_crm", config={"api_key": API_KEY, "base_url": "https://died.keyed-crm.test/v1"})
+    provider.post("https://died.keyed-crm.test/v1/notes", name="notes").respond(500, json={"message": "down"})
+    headers = tenant.headers(**{"Idempotency-Key": f"note-{uuid.uuid4()}"})
+    url = f"/api/v1/connections/{made['id']}/actions/create_note"
+    params = {"deal_id": "D-1", "text": "hello"}
+
+    async def lost(*args: object) -> None:
+        return None
+
+    with monkeypatch.context() as died:
+        died.setattr(provider_calls, "_release", lost)
+        assert (await client.post(url, json=params, headers=headers)).status_code >= 500
+    provider.post("https://died.keyed-crm.test/v1/notes", name="notes").respond(201, json={"id": "N-7"})
+    await asyncio.sleep(0.6)
+    r = await client.post(url, json=params, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["result"] == {"id": "N-7", "deal_id": "D-1"}
+    async with app.state.hub.db.read(tenant.id) as session:
+        (record,) = (await session.execute(select(IdempotencyRecord).where(IdempotencyRecord.key == headers["Idempotency-Key"]))).scalars()
+    assert record.expires_at > datetime.now(UTC) + timedelta(hours=23)
