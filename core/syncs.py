@@ -211,16 +211,32 @@ async def finish(
         )
 
 
-async def pause(db: Database, tenant_id: str, run_id: str, *, resume_at: datetime, error: dict[str, Any] | None = None) -> None:
-    """Queue a running sync again, to resume at `resume_at` from its checkpoint; `error`
-    says why it paused (None when it only yields after a long slice of work)."""
+async def pause(
+    db: Database,
+    tenant_id: str,
+    run_id: str,
+    *,
+    resume_at: datetime,
+    checkpoint: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    """Queue a running sync again, to resume at `resume_at` from its checkpoint (saved too,
+    when given); `error` says why it paused (None when it only yields after a long slice of
+    work). False, changing nothing, when a cancel was asked for: the caller ends the run
+    cancelled, rather than let it hold the connection's one active sync through the pause."""
+    values: dict[str, Any] = {
+        "status": runs.QUEUED, "resume_at": resume_at, "error": error, "version": Run.version + 1, "updated_at": utcnow()
+    }  # fmt: skip
+    if checkpoint is not None:
+        values["checkpoint"] = checkpoint
     async with db.write(tenant_id) as session:
-        await session.execute(
+        paused = await session.execute(
             update(Run)
-            .where(Run.id == run_id, Run.status == runs.RUNNING)
-            .values(status=runs.QUEUED, resume_at=resume_at, error=error, version=Run.version + 1, updated_at=utcnow())
+            .where(Run.id == run_id, Run.status == runs.RUNNING, Run.cancel_requested.is_(False))
+            .values(**values)
             .execution_options(synchronize_session=False)
         )
+        return bool(paused.rowcount)  # type: ignore[attr-defined]
 
 
 # --- schedules

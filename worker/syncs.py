@@ -171,6 +171,10 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
         )
         return {"failed": code}
 
+    async def cancelled() -> dict[str, Any]:
+        await syncs.finish(runtime.db, tenant_id, run_id, connection_id, status=runs.CANCELLED)
+        return {"cancelled": True}
+
     try:
         live = await _live(runtime, tenant_id, connection_id, run_id)
     except SyncFailed as exc:
@@ -198,13 +202,14 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
                     if result.written:
                         runtime.wake()
                     if result.cancel_requested:
-                        await syncs.finish(runtime.db, tenant_id, run_id, connection_id, status=runs.CANCELLED)
-                        return {"cancelled": True}
+                        return await cancelled()
                     if time.monotonic() > deadline:
-                        await syncs.pause(runtime.db, tenant_id, run_id, resume_at=utcnow())
+                        if not await syncs.pause(runtime.db, tenant_id, run_id, resume_at=utcnow()):
+                            return await cancelled()
                         return {"sliced": True}
             done.append(stream)
-            await runs.progress(runtime.db, tenant_id, run_id, checkpoint={"done": done, "cursors": positions, "pauses": 0})
+            if await runs.progress(runtime.db, tenant_id, run_id, checkpoint={"done": done, "cursors": positions, "pauses": 0}):
+                return await cancelled()
     except _ProviderFailed as failed:
         exc = failed.__cause__
         assert exc is not None
@@ -215,8 +220,12 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
             return await fail("PROVIDER_UNAVAILABLE", f"Gave up after {pauses - 1} pauses: {_describe(exc)}", Outcome(classify(exc)))
         seconds = _pause_for(runtime, exc, pauses)
         resume_at = utcnow() + timedelta(seconds=math.ceil(seconds))
-        await runs.progress(runtime.db, tenant_id, run_id, checkpoint={"done": done, "cursors": positions, "pauses": pauses})
-        await syncs.pause(runtime.db, tenant_id, run_id, resume_at=resume_at, error=_error(_pause_code(exc), _describe(exc)))
+        paused = await syncs.pause(
+            runtime.db, tenant_id, run_id, resume_at=resume_at, error=_error(_pause_code(exc), _describe(exc)),
+            checkpoint={"done": done, "cursors": positions, "pauses": pauses},
+        )  # fmt: skip
+        if not paused:  # a cancel was asked for before the pause: it wins
+            return await cancelled()
         log.info("sync paused", extra={"run_id": run_id, "resume_at": resume_at.isoformat(), "reason": type(exc).__name__})
         return {"paused_until": resume_at.isoformat()}
     except (*_OURS_AWAY, TimeoutError):  # a TimeoutError out here is the database's

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from connectors.fake_crm import FakeCRMConfig, fake_deal
+from connectors.fake_crm import FakeCRMConfig, FakeDealStream, fake_deal
+from connectors.sdk import RateLimited
 from core import runs
 from core.db import Database
 from core.models import Connection, Deal, DealRef, Run, SyncCursor
@@ -288,6 +289,43 @@ async def test_a_running_sync_stops_at_its_next_page_when_cancelled(client, db, 
     assert done["status"] == "cancelled" and done["progress"]["pages"] == 3
     assert len(await stored_deals(db, tenant.id)) == 30
     assert await outbox(db, tenant.id, "sync.completed") == []
+
+
+async def test_a_cancel_asked_for_before_a_pause_ends_the_sync_instead_of_pausing_it(
+    client, db, tenant, start_worker, monkeypatch
+):
+    """The cancel comes after the first page's checkpoint (which did not see it), the
+    provider's rate limit right after: the cancel wins over an hour's pause, during which
+    the connection could not be synced."""
+    connection = await fake_crm(client, tenant)
+    real_read, real_store = FakeDealStream.read, worker_syncs.syncs.store_page
+
+    async def rate_limited_after_the_first_page(self: FakeDealStream, connector: Any, cursor: Any = None) -> Any:
+        async for page in real_read(self, connector, cursor):
+            yield page
+            raise RateLimited("fake_crm: over quota", retry_after=3600)
+
+    async def store_then_cancel(*args: Any, **kwargs: Any) -> Any:
+        result = await real_store(*args, **kwargs)
+        r = await client.post(f"/api/v1/runs/{args[2]}/cancel", headers=tenant.headers(Role.ADMIN))
+        assert r.status_code == 200 and r.json()["status"] == "running", r.text
+        return result
+
+    monkeypatch.setattr(FakeDealStream, "read", rate_limited_after_the_first_page)
+    monkeypatch.setattr(worker_syncs.syncs, "store_page", store_then_cancel)
+    await start_worker()
+    run = await start_sync(client, tenant, connection["id"])
+
+    async def stopped() -> dict[str, Any] | None:
+        current = await get_run(client, tenant, run["id"])
+        return current if current["status"] in runs.FINISHED or current["resume_at"] is not None else None
+
+    done = await wait_for(stopped, timeout=20)
+    assert done["status"] == "cancelled" and done["resume_at"] is None, done
+    assert done["progress"]["pages"] == 1
+    assert len(await stored_deals(db, tenant.id)) == 10
+    assert await outbox(db, tenant.id, "sync.failed") == []
+    await start_sync(client, tenant, connection["id"])  # the connection is free again
 
 
 async def test_a_sync_killed_mid_way_resumes_and_ends_with_exactly_the_providers_records(
