@@ -12,9 +12,13 @@ from pydantic import BaseModel
 from core.errors import PreconditionFailed
 
 
+def _strong(data: bytes) -> str:
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
 def etag(resource_id: str, version: int) -> str:
     """Changes exactly when the resource's version does; says nothing else about it."""
-    return '"' + hashlib.sha256(f"{resource_id}:{version}".encode()).hexdigest()[:32] + '"'
+    return _strong(f"{resource_id}:{version}".encode())
 
 
 def _tags(header: str) -> list[str]:
@@ -40,8 +44,20 @@ def conditional_get(request: Request, tag: str, body: BaseModel) -> Response:
     return Response(body.model_dump_json(), media_type="application/json", headers={"ETag": tag})
 
 
+def conditional_get_by_content(request: Request, body: BaseModel) -> Response:
+    """`body` with a strong ETag over its own bytes, or a 304: for a resource without a
+    version column (or none at all), whose tag must still change exactly when what a GET
+    of it shows does."""
+    payload = body.model_dump_json()
+    tag = _strong(payload.encode())
+    unchanged = not_modified(request, tag)
+    if unchanged is not None:
+        return unchanged
+    return Response(payload, media_type="application/json", headers={"ETag": tag})
+
+
 def conditional_get_docs(what: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries of a GET answered by `conditional_get`."""
+    """OpenAPI entries of a GET answered by `conditional_get` or `conditional_get_by_content`."""
     return {
         200: {"description": f"The {what}, with a strong ETag", "headers": {"ETag": {"schema": {"type": "string"}}}},
         304: {"description": "Not modified (If-None-Match matched)"},

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from connectors.host import secret_fields
@@ -15,6 +16,7 @@ from connectors.sdk import Connector, Kind
 from core.errors import NotFound
 from core.identity import Principal
 from core.roles import Permission
+from hub import etags
 from hub.auth import State, require
 from hub.problems import error_responses
 
@@ -153,16 +155,23 @@ async def list_connectors(
     return ConnectorList(items=items)
 
 
-@router.get("/{key}", response_model=ConnectorDetail, summary="Get a connector definition", responses=_READ_ERRORS)
-async def get_connector(state: State, principal: Reader, key: ConnectorKey) -> ConnectorDetail:
+@router.get(
+    "/{key}",
+    response_model=ConnectorDetail,
+    summary="Get a connector definition",
+    responses={**etags.conditional_get_docs("connector definition"), **_READ_ERRORS},
+)
+async def get_connector(request: Request, state: State, principal: Reader, key: ConnectorKey) -> Response:
+    # A definition is fixed by the installed code: the tag is over the body itself.
     cls = _get(state.connectors, key)
     description = cls.describe()
-    return ConnectorDetail(
+    detail = ConnectorDetail(
         **description.model_dump(),
         status="available",
         source=state.connectors.source(key),
         secret_fields=sorted(secret_fields(cls.Config)),
     )
+    return etags.conditional_get_by_content(request, detail)
 
 
 @router.get(

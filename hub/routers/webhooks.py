@@ -378,11 +378,16 @@ async def list_deliveries(
     "/{endpoint_id}/deliveries/{delivery_id}",
     response_model=DeliveryOut,
     summary="Get a delivery",
-    responses=error_responses(401, 403, 404, 500),
+    responses={**etags.conditional_get_docs("delivery"), **error_responses(401, 403, 404, 500)},
 )
-async def get_delivery(state: State, principal: Admin, endpoint_id: EndpointId, delivery_id: DeliveryId) -> DeliveryOut:
+async def get_delivery(
+    request: Request, state: State, principal: Admin, endpoint_id: EndpointId, delivery_id: DeliveryId
+) -> Response:
+    # Tagged by content: a delivery has no version column, and pollers need the tag to
+    # move with its status, attempts and timestamps, which all show in the body.
     async with state.db.read(principal.tenant_id) as session:
-        return DeliveryOut.model_validate(deliveries.view(await deliveries.get_delivery(session, endpoint_id, delivery_id)))
+        delivery = await deliveries.get_delivery(session, endpoint_id, delivery_id)
+    return etags.conditional_get_by_content(request, DeliveryOut.model_validate(deliveries.view(delivery)))
 
 
 @router.get(

@@ -93,6 +93,18 @@ async def test_one_definition(client, tenant):
     assert sf["secret_fields"] == []
 
 
+async def test_one_definition_has_a_strong_etag(client, tenant):
+    url = "/api/v1/connectors/keyed_crm"
+    first = await client.get(url, headers=tenant.headers())
+    tag = first.headers["etag"]
+    assert first.status_code == 200 and tag.startswith('"') and tag.endswith('"')
+    assert (await client.get(url, headers=tenant.headers())).headers["etag"] == tag
+    unchanged = await client.get(url, headers=tenant.headers(**{"If-None-Match": tag}))
+    assert unchanged.status_code == 304 and unchanged.content == b"" and unchanged.headers["etag"] == tag
+    other = await client.get("/api/v1/connectors/salesforce", headers=tenant.headers(**{"If-None-Match": tag}))
+    assert other.status_code == 200 and other.headers["etag"] != tag
+
+
 async def test_its_actions(client, tenant):
     r = await client.get("/api/v1/connectors/fake_crm/actions", headers=tenant.headers())
     assert r.status_code == 200

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import select
 
 from core import addresses
-from core.models import AuditEvent, WebhookEndpoint
+from core.models import AuditEvent, OutboxEvent, WebhookDelivery, WebhookEndpoint, utcnow
 from core.roles import Role
 from hub.app import create_app
-from tests.conftest import TenantHandle
+from tests.conftest import TenantHandle, deal_body
 
 PROBLEM = "application/problem+json"
 URL = "http://127.0.0.1:9/hooks"  # the test settings allow loopback receivers
@@ -86,6 +86,42 @@ async def test_conditional_get_and_patch(client, tenant):
     assert r.json()["enabled"] is True and r.json()["disabled_reason"] is None
     listed = await client.get("/api/v1/webhook-endpoints", params={"enabled": "false"}, headers=tenant.headers())
     assert listed.json()["items"] == []
+
+
+async def _failed_delivery(client: Any, db: Any, tenant: TenantHandle, endpoint_id: str) -> str:
+    """A delivery whose attempts all failed, as the worker leaves it (no worker runs here)."""
+    r = await client.post("/api/v1/deals", json=deal_body(), headers=tenant.headers())
+    assert r.status_code == 201, r.text
+    async with db.write(tenant.id) as session:
+        event = (await session.execute(select(OutboxEvent).where(OutboxEvent.event_type == "deal.created"))).scalar_one()
+        delivery = WebhookDelivery(
+            tenant_id=tenant.id, endpoint_id=endpoint_id, event_id=event.id, event_type=event.event_type,
+            status="failed", attempts=4, total_attempts=4, last_status_code=500, last_error="HTTP 500",
+            last_attempt_at=utcnow(), completed_at=utcnow(),
+        )  # fmt: skip
+        session.add(delivery)
+        await session.flush()
+        return delivery.id
+
+
+async def test_conditional_get_of_a_delivery_follows_its_changes(client, db, tenant):
+    """Clients poll a delivery while its status changes: its strong ETag answers 304 while
+    the delivery is as it was, and changes with it."""
+    endpoint_id = (await create(client, tenant)).json()["id"]
+    url = f"/api/v1/webhook-endpoints/{endpoint_id}/deliveries/{await _failed_delivery(client, db, tenant, endpoint_id)}"
+    first = await client.get(url, headers=tenant.headers())
+    assert first.status_code == 200 and first.json()["status"] == "failed"
+    tag = first.headers["etag"]
+    assert tag.startswith('"') and tag.endswith('"')
+    unchanged = await client.get(url, headers=tenant.headers(**{"If-None-Match": tag}))
+    assert unchanged.status_code == 304 and unchanged.content == b"" and unchanged.headers["etag"] == tag
+
+    assert (await client.post(f"{url}/replay", headers=tenant.headers())).status_code == 202
+    changed = await client.get(url, headers=tenant.headers(**{"If-None-Match": tag}))
+    assert changed.status_code == 200 and changed.json()["status"] == "pending"
+    assert changed.headers["etag"] != tag
+    again = await client.get(url, headers=tenant.headers(**{"If-None-Match": changed.headers["etag"]}))
+    assert again.status_code == 304
 
 
 async def test_rotation_returns_a_new_secret_and_an_overlap(client, tenant):
