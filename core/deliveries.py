@@ -100,6 +100,9 @@ class Target:
     url: str
     enabled: bool
     secrets: tuple[str, ...]
+    # False when this process cannot open the signing secrets (sealed under a vault key
+    # it lacks, as during a key roll-out): nothing can be signed, so nothing is sent.
+    readable: bool = True
 
 
 @dataclass(slots=True)
@@ -259,11 +262,9 @@ async def load_targets(db: Database, vault: Vault, endpoint_ids: Sequence[str]) 
 def target_of(vault: Vault, endpoint: WebhookEndpoint, now: datetime) -> Target:
     try:
         secrets = webhooks.unseal(vault, endpoint).signing(endpoint.previous_secret_expires_at, now)
-        enabled = endpoint.enabled
     except VaultError:
-        # A secret this worker cannot open signs nothing: treat the endpoint as off.
-        secrets, enabled = (), False
-    return Target(endpoint.id, endpoint.tenant_id, endpoint.url, enabled, secrets)
+        return Target(endpoint.id, endpoint.tenant_id, endpoint.url, endpoint.enabled, (), readable=False)
+    return Target(endpoint.id, endpoint.tenant_id, endpoint.url, endpoint.enabled, secrets)
 
 
 # Written out, not bound: the planner uses the partial index only when the query says its

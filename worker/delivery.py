@@ -318,8 +318,8 @@ class Dispatcher:
     def submit(self, items: list[Due], targets: dict[str, Target] | None = None) -> None:
         """Take claimed deliveries (leased to this worker just now) and start sending them."""
         now = time.monotonic()
-        for endpoint_id, target in (targets or {}).items():
-            self._targets[endpoint_id] = _prepare(target, self._settings.webhooks_allow_private)
+        for target in (targets or {}).values():
+            self._keep(target)
         # Sent only while the lease still covers a whole request; after that it is another worker's.
         deadline = now + self._settings.webhook_lease_seconds - self._timeout
         for item in items:
@@ -371,8 +371,18 @@ class Dispatcher:
             if target is None:
                 self._targets.pop(endpoint_id, None)
                 return None
-            prepared = self._targets[endpoint_id] = _prepare(target, self._settings.webhooks_allow_private)
-            return prepared
+            return self._keep(target)
+
+    def _keep(self, target: Target) -> _Prepared:
+        before = self._targets.get(target.endpoint_id)
+        if not target.readable and (before is None or before.target.readable):
+            log.error(
+                "cannot open a webhook endpoint's signing secret (sealed under a vault key this worker lacks); "
+                "its deliveries wait for a worker that can",
+                extra={"endpoint_id": target.endpoint_id, "tenant_id": target.tenant_id},
+            )
+        prepared = self._targets[target.endpoint_id] = _prepare(target, self._settings.webhooks_allow_private)
+        return prepared
 
     # --- one attempt
 
@@ -384,6 +394,10 @@ class Dispatcher:
             prepared = await self._target(item.endpoint_id)
             if prepared is None:
                 return False  # the endpoint was deleted, and its deliveries with it
+        if not prepared.target.readable:
+            # Not an attempt: the lease lapses and a worker holding the key sends it.
+            self._metrics.secrets_unreadable.inc()
+            return False
         if not prepared.target.enabled:
             self._push(AttemptResult(item, utcnow(), 0.0, deliveries.ENDPOINT_DISABLED, error="The endpoint is disabled"))
             return True

@@ -42,6 +42,11 @@ class WorkerMetrics:
             "hub_webhook_deliveries_finished", "Deliveries that reached a final state, by status", ["status"], registry=r
         )
         self.retries = Counter("hub_webhook_retries_scheduled", "Failed attempts scheduled for another try", registry=r)
+        self.secrets_unreadable = Counter(
+            "hub_webhook_secrets_unreadable",
+            "Deliveries not sent: this worker cannot open their endpoint's signing secret (a vault key it lacks)",
+            registry=r,
+        )
         self.results_stale = Counter(
             "hub_webhook_results_stale", "Attempt results dropped: the delivery's lease had passed to a newer claim", registry=r
         )

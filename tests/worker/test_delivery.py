@@ -456,3 +456,35 @@ async def test_deleting_an_endpoint_deletes_its_deliveries(client, app, tenant, 
     r = await client.get(f"/api/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery['id']}", headers=tenant.headers())
     assert r.status_code == 404
     assert uuid.UUID(delivery["id"])
+
+
+async def test_a_worker_that_cannot_open_the_signing_secret_sends_nothing_and_leaves_the_delivery_pending(
+    client, app, tenant, receiver, settings, start_worker
+):
+    """During a vault key roll-out a worker may lack the key an endpoint's secret is sealed
+    under: it cannot sign, so it must neither send nor fail the delivery (the endpoint is
+    fine); a worker holding the key delivers it."""
+    from core.vault import Vault, generate_key_line, parse_keyring
+    from tests.worker.conftest import FAST
+    from worker.runtime import WorkerRuntime
+
+    hub = app.state.hub
+    keyless = WorkerRuntime(
+        settings.model_copy(update=FAST), redis_url=settings.redis_url or "", db=hub.db,
+        vault=Vault(parse_keyring(generate_key_line("elsewhere"))), connectors=hub.connectors,
+        connector_host=hub.connector_host,
+    )  # fmt: skip
+    await keyless.start()
+    try:
+        endpoint_id, secret = await make_endpoint(client, tenant, receiver.url, ["deal.created"])
+        await make_deal(client, app, tenant)
+        assert await wait_for(lambda: keyless.metrics.secrets_unreadable._value.get() >= 1)
+        assert receiver.requests == []
+        (delivery,) = await deliveries_of(client, tenant, endpoint_id)
+        assert (delivery["status"], delivery["attempts"]) == ("pending", 0)
+    finally:
+        await keyless.stop()
+    await start_worker()
+    await settled(client, tenant, endpoint_id)
+    (sent,) = receiver.requests
+    verify_webhook(secret, sent.headers, sent.body)
