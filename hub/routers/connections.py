@@ -519,15 +519,15 @@ async def enable_connection(
     "/{connection_id}/credentials",
     response_model=CredentialsOut,
     summary="The status of a connection's credentials (never their values)",
-    responses=error_responses(401, 403, 404, 422, 429, 500),
+    responses={**etags.conditional_get_docs("credentials' status"), **error_responses(401, 403, 404, 422, 429, 500)},
 )
-async def get_credentials(state: State, principal: Admin, connection_id: ConnectionId) -> CredentialsOut:
+async def get_credentials(request: Request, state: State, principal: Admin, connection_id: ConnectionId) -> Response:
     async with state.db.read(principal.tenant_id) as session:
         connection = await connections.get(session, connection_id)
         row = await credentials.find(session, connection_id)
-    return CredentialsOut(
-        **credentials.describe(row), scheme=_scheme(_connector_or_none(state, connection.connector_key))
-    )
+    # Tagged by content: the status also turns to expiring and expired with time alone.
+    shown = CredentialsOut(**credentials.describe(row), scheme=_scheme(_connector_or_none(state, connection.connector_key)))
+    return etags.conditional_get_by_content(request, shown)
 
 
 @router.post(

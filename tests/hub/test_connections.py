@@ -220,6 +220,18 @@ async def test_credentials_report_status_only_and_can_be_removed(client, tenant,
     assert r.status_code == 200 and r.json()["credentials"]["status"] == "valid"
 
 
+async def test_credentials_status_has_a_strong_etag(client, tenant):
+    made = await create_connection(client, tenant, "keyed_crm", config={"api_key": API_KEY})
+    url = f"/api/v1/connections/{made['id']}/credentials"
+    tag = (await client.get(url, headers=tenant.headers())).headers["etag"]
+    assert tag.startswith('"') and tag.endswith('"')
+    unchanged = await client.get(url, headers=tenant.headers(**{"If-None-Match": tag}))
+    assert unchanged.status_code == 304 and unchanged.content == b"" and unchanged.headers["etag"] == tag
+    assert (await client.delete(url, headers=tenant.headers())).status_code == 204
+    changed = await client.get(url, headers=tenant.headers(**{"If-None-Match": tag}))
+    assert changed.status_code == 200 and changed.json()["status"] == "missing" and changed.headers["etag"] != tag
+
+
 async def test_refresh_is_refused_for_a_connector_without_tokens(client, tenant):
     made = await create_connection(client, tenant, "keyed_crm", config={"api_key": API_KEY})
     r = await client.post(f"/api/v1/connections/{made['id']}/credentials/refresh", headers=tenant.headers())
