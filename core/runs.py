@@ -29,6 +29,8 @@ RESOURCE = "run"
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+# The error code of a run whose job outlived its timeout.
+TIMED_OUT = "TIMED_OUT"
 # Kinds of run, and the worker job that works each.
 WEBHOOK_REPLAY = "webhook_replay"
 SYNC = "sync"

@@ -35,12 +35,20 @@ TRANSIENT: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, 
 REPLAY_PAGE = 500
 
 JobBody = Callable[..., Awaitable[Any]]
+# How a job that works a run fails it when the job gives up: (runtime, tenant id, run id,
+# code, message). Each kind fails its runs its own way (a sync with its event and health).
+RunFailer = Callable[["WorkerRuntime", str, str, str, str], Awaitable[None]]
 
 
-async def _fail_run(runtime: WorkerRuntime, args: tuple[Any, ...], code: str, message: str) -> None:
+async def fail_run(runtime: WorkerRuntime, tenant_id: str, run_id: str, code: str, message: str) -> None:
+    """Fail a run that records nothing else with its failure (a replay)."""
+    await runs.finish(runtime.db, tenant_id, run_id, runs.FAILED, {"code": code, "message": message})
+
+
+async def _give_up(fail: RunFailer, runtime: WorkerRuntime, args: tuple[Any, ...], code: str, message: str) -> None:
     tenant_id, run_id = args[0], args[1]
     try:
-        await runs.finish(runtime.db, tenant_id, run_id, runs.FAILED, {"code": code, "message": message})
+        await fail(runtime, tenant_id, run_id, code, message)
     except Exception:  # noqa: BLE001 - the unattended-runs sweep tries the run again later
         log.exception("could not mark the run failed", extra={"run_id": run_id})
 
@@ -59,8 +67,9 @@ async def _within(timeout: float, work: Awaitable[Any]) -> Any:
         raise
 
 
-def instrumented(name: str, body: JobBody, settings: Settings, *, works_a_run: bool = False) -> Function:
-    """`body(runtime, *args)` as an arq function with a timeout, retries and metrics."""
+def instrumented(name: str, body: JobBody, settings: Settings, *, fails_run: RunFailer | None = None) -> Function:
+    """`body(runtime, *args)` as an arq function with a timeout, retries and metrics; a job
+    that works a run (args: tenant id, run id) fails it with `fails_run` when it gives up."""
     timeout = settings.worker_job_timeout_seconds
     max_tries = settings.worker_job_max_tries
 
@@ -74,23 +83,24 @@ def instrumented(name: str, body: JobBody, settings: Settings, *, works_a_run: b
             return result
         except JobTimedOut:
             outcome = "timed_out"
-            if works_a_run:
-                await _fail_run(runtime, args, "TIMED_OUT", f"The run did not finish within {timeout:g} s")
+            if fails_run is not None:
+                await _give_up(fails_run, runtime, args, runs.TIMED_OUT, f"The run did not finish within {timeout:g} s")
             raise
         except TRANSIENT as exc:
             tries = int(ctx.get("job_try", 1))
             if tries < max_tries:
                 outcome = "retried"
                 raise Retry(defer=settings.worker_job_retry_seconds * 2 ** (tries - 1)) from exc
-            if works_a_run:
-                await _fail_run(runtime, args, "UPSTREAM_UNAVAILABLE", f"Gave up after {tries} tries: {type(exc).__name__}")
+            if fails_run is not None:
+                message = f"Gave up after {tries} tries: {type(exc).__name__}"
+                await _give_up(fails_run, runtime, args, "UPSTREAM_UNAVAILABLE", message)
             raise
         except asyncio.CancelledError:
             outcome = "cancelled"  # shutting down: arq runs the job again, and it resumes
             raise
         except Exception as exc:
-            if works_a_run:
-                await _fail_run(runtime, args, "JOB_FAILED", type(exc).__name__)
+            if fails_run is not None:
+                await _give_up(fails_run, runtime, args, "JOB_FAILED", type(exc).__name__)
             raise
         finally:
             runtime.metrics.jobs.labels(name, outcome).inc()
@@ -213,6 +223,6 @@ async def requeue_unattended_runs(runtime: WorkerRuntime) -> int:
 def functions(settings: Settings) -> list[Function]:
     """The jobs this worker runs, by the names API processes enqueue them under."""
     return [
-        instrumented(runs.JOBS[runs.WEBHOOK_REPLAY], replay_deliveries, settings, works_a_run=True),
-        instrumented(runs.JOBS[runs.SYNC], syncs.sync_connection, settings, works_a_run=True),
+        instrumented(runs.JOBS[runs.WEBHOOK_REPLAY], replay_deliveries, settings, fails_run=fail_run),
+        instrumented(runs.JOBS[runs.SYNC], syncs.sync_connection, settings, fails_run=syncs.fail_run),
     ]

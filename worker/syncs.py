@@ -237,6 +237,19 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
     return {"succeeded": True}
 
 
+async def fail_run(runtime: WorkerRuntime, tenant_id: str, run_id: str, code: str, message: str) -> None:
+    """Fail a sync its job gave up on (`worker.jobs`: timed out, or out of tries) like any
+    failed sync: with its `sync.failed` event and the connection's health. Outliving the
+    job's timeout counts against the provider, which most likely kept the sync waiting."""
+    async with runtime.db.read(tenant_id) as session:
+        connection_id = (await runs.get(session, run_id)).connection_id
+    assert connection_id is not None
+    outcome = Outcome.UNAVAILABLE if code == runs.TIMED_OUT else Outcome.REJECTED
+    await syncs.finish(
+        runtime.db, tenant_id, run_id, connection_id, status=runs.FAILED, outcome=outcome, error=_error(code, message)
+    )
+
+
 def _failure(exc: BaseException, run_id: str) -> tuple[str, str, Outcome]:
     """The code, message and health outcome of a sync failed by reading from the provider."""
     if isinstance(exc, AuthError):

@@ -268,6 +268,28 @@ async def test_a_sync_that_keeps_pausing_fails_with_an_event(client, db, tenant,
     assert r.json()["status"] == "DEGRADED" and r.json()["last_error"]
 
 
+async def test_a_sync_that_outlives_its_job_timeout_fails_like_any_sync_with_an_event(
+    client, db, tenant, start_worker, monkeypatch
+):
+    connection = await fake_crm(client, tenant)
+
+    async def never_answers(self: FakeDealStream, connector: Any, cursor: Any = None) -> Any:
+        await asyncio.sleep(3600)
+        yield  # an async generator, like the real one
+
+    monkeypatch.setattr(FakeDealStream, "read", never_answers)
+    await start_worker(worker_job_timeout_seconds=0.5)
+    run = await start_sync(client, tenant, connection["id"])
+
+    failed = await settle(client, tenant, run["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "TIMED_OUT", failed
+    (event,) = await outbox(db, tenant.id, "sync.failed")
+    assert event.payload["run"]["id"] == run["id"] and event.payload["run"]["error"]["code"] == "TIMED_OUT"
+    r = await client.get(f"/api/v1/connections/{connection['id']}", headers=tenant.headers(Role.ADMIN))
+    shown = r.json()
+    assert shown["status"] == "DEGRADED" and shown["error_count"] == 1 and "0.5 s" in shown["last_error"]
+
+
 async def test_a_running_sync_stops_at_its_next_page_when_cancelled(client, db, tenant, start_worker, monkeypatch):
     connection = await fake_crm(client, tenant, records=50)
     real_store = worker_syncs.syncs.store_page
