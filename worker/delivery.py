@@ -272,9 +272,10 @@ class Dispatcher:
             _, pending = await asyncio.wait(self._lane_tasks, timeout=grace_seconds)
             await cancel_all(pending)
         if self._flusher is not None:
+            # The flusher writes what is left (a batch it is writing now included), then ends.
             self._results_ready.set()
             try:
-                await asyncio.wait_for(asyncio.shield(self._drain_results()), grace_seconds)
+                await asyncio.wait_for(asyncio.shield(self._flusher), grace_seconds)
             except (TimeoutError, Exception):  # noqa: BLE001 - shutting down; leases lapse and retries follow
                 log.warning("webhook results not written at shutdown; those deliveries will be attempted again")
             await cancel_all([self._flusher])
@@ -483,7 +484,7 @@ class Dispatcher:
             self._results_ready.set()
 
     async def _flush_forever(self) -> None:
-        while True:
+        while not (self._closing and not self._results):
             await self._results_ready.wait()
             self._results_ready.clear()
             # Rows written in larger batches cost a fraction as much each: let a batch

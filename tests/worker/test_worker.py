@@ -28,7 +28,7 @@ from hub.app import create_app
 from hub.outbox_nudge import OutboxNudge, notify_outbox
 from tests.conftest import deal_body
 from tests.worker.conftest import FAST, Receiver, wait_for
-from tests.worker.test_delivery import answer, make_deal, make_endpoint, settled
+from tests.worker.test_delivery import answer, deliveries_of, make_deal, make_endpoint, settled
 from worker import jobs as worker_jobs
 from worker.delivery import classify
 from worker.metrics import WorkerMetrics
@@ -440,6 +440,29 @@ async def test_a_request_that_waited_past_its_lease_for_a_slot_is_not_sent(app, 
     (sent,) = receiver.at("e=waiting")
     assert sent.at - updated >= 1.4
     assert delivery["attempts"] == 1 and delivery["status"] == "succeeded"
+
+
+async def test_a_clean_stop_waits_for_the_results_being_written(app, client, tenant, receiver, start_worker, monkeypatch):
+    """Stopping while a batch of results is being written finishes that write: the event
+    was delivered, so it is recorded as delivered, not handed back to be sent again."""
+    from core import deliveries
+
+    real, writing = deliveries.record, asyncio.Event()
+
+    async def slow_record(*args: Any, **kwargs: Any) -> Any:
+        writing.set()
+        await asyncio.sleep(0.5)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(deliveries, "record", slow_record)
+    worker = await start_worker()
+    endpoint_id, _ = await make_endpoint(client, tenant, receiver.url, ["deal.created"])
+    await make_deal(client, app, tenant)
+    await asyncio.wait_for(writing.wait(), 10)
+    await worker.stop()
+    (delivery,) = await deliveries_of(client, tenant, endpoint_id)
+    assert (delivery["status"], delivery["attempts"]) == ("succeeded", 1)
+    assert len(receiver.requests) == 1
 
 
 async def test_a_worker_stopping_hands_back_what_it_has_not_sent(app, client, tenant, receiver, start_worker):
