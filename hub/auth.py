@@ -28,12 +28,8 @@ async def hub_state(request: Request) -> HubState:
 State = Annotated[HubState, Depends(hub_state)]
 
 
-async def authenticate(
-    request: Request,
-    state: State,
-    api_key: Annotated[str | None, Depends(_api_key_scheme)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
-) -> Principal:
+async def principal_of(state: HubState, api_key: str | None, bearer_token: str | None) -> Principal:
+    """Who the credential is; raises Unauthorized."""
     if api_key:
         principal = state.cached_principal(api_key)
         if principal is None:
@@ -41,12 +37,22 @@ async def authenticate(
             if principal is None:
                 raise Unauthorized("Unknown or revoked API key")
             state.principals.put(api_key, principal)
-    elif bearer is not None:
-        principal = await state.jwt.verify(bearer.credentials)
+        return principal
+    if bearer_token is not None:
+        principal = await state.jwt.verify(bearer_token)
         if await state.tenant_limits(principal.tenant_id) is None:
             raise Unauthorized("The token's tenant does not exist")
-    else:
-        raise Unauthorized("Send an X-API-Key header or an Authorization: Bearer token")
+        return principal
+    raise Unauthorized("Send an X-API-Key header or an Authorization: Bearer token")
+
+
+async def authenticate(
+    request: Request,
+    state: State,
+    api_key: Annotated[str | None, Depends(_api_key_scheme)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
+) -> Principal:
+    principal = await principal_of(state, api_key, None if bearer is None else bearer.credentials)
     request.state.principal = principal
     return principal
 
@@ -63,6 +69,41 @@ def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
 
     check.permission = permission  # type: ignore[attr-defined]  # read by the route-coverage test
     return check
+
+
+def route_permission(request: Request) -> Permission | None:
+    """The permission the matched route requires (None: no route, or a public one)."""
+    route = request.scope.get("route")
+    stack = list(getattr(getattr(route, "dependant", None), "dependencies", ()))
+    while stack:
+        dependant = stack.pop()
+        permission = getattr(dependant.call, "permission", None)
+        if permission is not None:
+            return permission  # type: ignore[no-any-return]
+        stack.extend(dependant.dependencies)
+    return None
+
+
+async def charge_unchecked(request: Request) -> None:
+    """Authenticate and rate-limit a request refused before its route's `require` ran
+    (a body that is not JSON, no such route, a method the route does not take): with a
+    good credential it counts against the tenant too and carries the `X-RateLimit-*`
+    headers. Raises RateLimited when over the limit, and Unauthorized when the matched
+    route takes only authenticated callers (authentication is answered first)."""
+    if getattr(request.state, "principal", None) is not None:
+        return  # charged already
+    state: HubState = request.app.state.hub
+    permission = route_permission(request)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    bearer_token = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    try:
+        principal = await principal_of(state, request.headers.get("x-api-key"), bearer_token)
+    except Unauthorized:
+        if permission is not None:
+            raise
+        return  # no route: no tenant to charge
+    request.state.principal = principal
+    await rate_limits.enforce(request, state, principal, permission)
 
 
 def public(reason: str) -> Callable[[], None]:

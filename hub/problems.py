@@ -87,8 +87,23 @@ def _clean_errors(errors: Any) -> list[dict[str, Any]]:
     return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
 
 
+async def _over_limit(request: Request) -> Response | None:
+    """The 401 or 429 to answer instead, for a request refused before its route checked
+    its credential and rate limit (`hub.auth.charge_unchecked`)."""
+    from hub.auth import charge_unchecked  # imported here: hub.auth's imports lead back to this module
+
+    try:
+        await charge_unchecked(request)
+    except HubError as exc:
+        return await _hub_error(request, exc)
+    return None
+
+
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    limited = await _over_limit(request)
+    if limited is not None:
+        return limited
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return problem(
@@ -115,6 +130,9 @@ _HTTP_CODES = {
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    limited = await _over_limit(request)
+    if limited is not None:
+        return limited
     code, title = _HTTP_CODES.get(exc.status_code, ("HTTP_ERROR", "HTTP error"))
     detail = {404: "No such route", 405: "This route does not allow that method"}.get(exc.status_code, str(exc.detail))
     return problem(exc.status_code, code, title, detail, request_id=request_id_of(request), headers=exc.headers)

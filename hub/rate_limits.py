@@ -15,11 +15,13 @@ from hub.state import HubState
 INTEGRATION_PERMISSIONS = frozenset({Permission.DEALS_UPSERT})
 
 
-def route_class(permission: Permission) -> str:
+def route_class(permission: Permission | None) -> str:
     return "integration" if permission in INTEGRATION_PERMISSIONS else "user"
 
 
-async def enforce(request: Request, state: HubState, principal: Principal, permission: Permission) -> None:
+async def enforce(request: Request, state: HubState, principal: Principal, permission: Permission | None) -> None:
+    """Charge the tenant's bucket for `permission`'s class of route (None: no route, the
+    user class); raises RateLimited when it is empty."""
     limits = await state.tenant_limits(principal.tenant_id) or {}
     settings = state.settings
     klass = route_class(permission)

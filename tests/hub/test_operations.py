@@ -45,6 +45,31 @@ async def test_every_authenticated_response_carries_rate_limit_headers(client, t
     assert missing.status_code == 404 and "x-ratelimit-remaining" in missing.headers
 
 
+async def test_requests_refused_before_their_route_runs_are_counted_and_carry_the_headers(client, limited_tenant):
+    """Malformed JSON, no such route, a method the route does not take: with a good
+    credential they count against the tenant and say so, and past the limit they are 429."""
+    h = limited_tenant.headers()
+    malformed = await client.post("/api/v1/deals", content=b"{", headers={**h, "Content-Type": "application/json"})
+    assert malformed.status_code == 400 and malformed.headers["x-ratelimit-remaining"] == "2"
+    no_route = await client.get("/api/v1/no-such-thing", headers=h)
+    assert no_route.status_code == 404 and no_route.headers["x-ratelimit-remaining"] == "1"
+    wrong_method = await client.put("/api/v1/deals", json={}, headers=h)
+    assert wrong_method.status_code == 405 and wrong_method.headers["x-ratelimit-remaining"] == "0"
+    over = await client.post("/api/v1/deals", content=b"{", headers={**h, "Content-Type": "application/json"})
+    assert over.status_code == 429 and over.json()["code"] == "RATE_LIMITED" and int(over.headers["retry-after"]) >= 1
+    # A bad credential is answered first (401, not 400), and names no tenant to charge.
+    anonymous = await client.post("/api/v1/deals", content=b"{", headers={"X-API-Key": "hub_nope", "Content-Type": "application/json"})
+    assert anonymous.status_code == 401 and "x-ratelimit-limit" not in anonymous.headers
+    nobody = await client.get("/api/v1/no-such-thing")
+    assert nobody.status_code == 404 and "x-ratelimit-limit" not in nobody.headers
+
+
+async def test_a_malformed_push_to_an_integration_route_uses_the_integration_budget(client, limited_tenant):
+    h = {**limited_tenant.headers(Role.INTEGRATION_SERVICE), "Content-Type": "application/json"}
+    r = await client.put("/api/v1/deals/by-ref/crm/1", content=b"{", headers=h)
+    assert r.status_code == 400 and r.headers["x-ratelimit-remaining"] == "4"  # of the integration route's 5
+
+
 async def test_exceeding_the_limit_answers_429_problem_with_retry_after(client, limited_tenant):
     statuses = [(await client.get("/api/v1/deals", headers=limited_tenant.headers())).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
