@@ -33,7 +33,7 @@ class StoredResponse:
 
 
 def check_key(key: str) -> str:
-    if not _VALID_KEY.match(key):
+    if not _VALID_KEY.fullmatch(key):
         raise ValidationFailed(
             "Idempotency-Key must be 1-255 visible ASCII characters",
             details=[{"loc": ["header", "Idempotency-Key"], "msg": "invalid idempotency key"}],

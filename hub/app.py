@@ -91,12 +91,17 @@ def _route_label(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
+# Any other method token (a server may pass one through) shares one label, as unmatched paths do.
+_METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def _on_request(scope: Scope, status: int, seconds: float) -> None:
     app = scope.get("app")
     state: HubState | None = getattr(getattr(app, "state", None), "hub", None)
     route = _route_label(scope)
     if state is not None:
-        state.metrics.observe_request(scope["method"], route, status, seconds)
+        method = scope["method"] if scope["method"] in _METHOD_LABELS else "OTHER"
+        state.metrics.observe_request(method, route, status, seconds)
     request_state = scope.get("state", {})
     principal = request_state.get("principal")
     request_log.info(

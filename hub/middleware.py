@@ -53,7 +53,7 @@ def _caller_request_id(scope: Scope) -> str | None:
     for name in (b"x-request-id", b"x-correlation-id"):
         value = _header(scope, name)
         candidate = value.decode("latin-1") if value else ""
-        if _VALID_REQUEST_ID.match(candidate):
+        if _VALID_REQUEST_ID.fullmatch(candidate):
             return candidate
     return None
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from core import idempotency
+from core.errors import ValidationFailed
 from core.models import IdempotencyRecord, utcnow
 from worker import schedules
 
@@ -49,3 +51,10 @@ async def test_a_purge_with_nothing_expired_changes_nothing(db, tenant):
 def test_the_worker_purges_expired_keys_on_a_schedule(settings):
     names = [job.name for job in schedules.cron_jobs(settings)]
     assert f"{settings.worker_namespace}.purge_expired_keys" in names
+
+
+def test_a_key_must_be_visible_ascii_to_its_end():
+    assert idempotency.check_key("order-42") == "order-42"
+    for bad in ("order-42\n", "", "with space", "x" * 256):
+        with pytest.raises(ValidationFailed):
+            idempotency.check_key(bad)

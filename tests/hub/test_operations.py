@@ -261,3 +261,17 @@ async def test_rate_limit_state_lives_in_redis(settings, limited_tenant, client)
         await redis.aclose()
 
 
+
+
+async def test_unknown_methods_share_one_metrics_label(client, tenant):
+    r = await client.request("BREW", "/api/v1/deals", headers=tenant.headers())
+    assert r.status_code == 405
+    metrics = (await client.get("/metrics")).text
+    assert 'method="BREW"' not in metrics and 'method="OTHER"' in metrics
+
+
+def test_a_request_id_with_a_trailing_newline_is_not_taken():
+    from hub.middleware import _caller_request_id
+
+    assert _caller_request_id({"headers": [(b"x-request-id", b"abc-123")]}) == "abc-123"
+    assert _caller_request_id({"headers": [(b"x-request-id", b"abc-123\n")]}) is None
