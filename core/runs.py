@@ -7,6 +7,12 @@
 A run is worked by an arq job whose id is derived from the run (`run:<id>`), so enqueueing
 it twice is harmless, and the job itself only works a run that is queued or running: a
 run resumed after a crash carries on from its checkpoint.
+
+Each start of a run is an attempt (its `tries` then), and a worker writes for the run
+only under its attempt: once the run was started again (by another worker, when this
+one's heartbeat lapsed while it was still alive), its progress, pause and end are
+refused with `RunLost`, in the transaction that did the work, so a worker that lost its
+run cannot write over the new holder's.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import jobs
@@ -161,10 +167,25 @@ async def request_cancel(m: Mutation, run_id: str) -> Run:
 # --- what workers do (operational state: not audited)
 
 
+class RunLost(Exception):
+    """The attempt no longer holds its run: the run was started again, or ended, meanwhile.
+    The writer's transaction is rolled back, and the writer stops."""
+
+
 @dataclass(frozen=True, slots=True)
 class Started:
     run: Run
     resumed: bool
+
+    @property
+    def attempt(self) -> int:
+        """What the worker's writes for the run are fenced with (see the module's docstring)."""
+        return self.run.tries
+
+
+def held(run_id: str, attempt: int) -> ColumnElement[bool]:
+    """Where the run is still running under `attempt`."""
+    return (Run.id == run_id) & (Run.status == RUNNING) & (Run.tries == attempt)
 
 
 async def start(db: Database, tenant_id: str, run_id: str, *, worker_id: str | None = None) -> Started | None:
@@ -195,6 +216,7 @@ async def record_progress(
     session: AsyncSession,
     run_id: str,
     *,
+    attempt: int,
     read: int = 0,
     written: int = 0,
     skipped: int = 0,
@@ -203,7 +225,10 @@ async def record_progress(
 ) -> bool:
     """Add to a running run's progress and save its checkpoint, in the caller's transaction
     (the one that did the work, so the checkpoint never runs ahead of it or lags behind);
-    True if a cancel was asked for."""
+    True if a cancel was asked for.
+
+    :raises RunLost: `attempt` no longer holds the run: nothing of the work may commit.
+    """
     values: dict[str, Any] = {
         "records_read": Run.records_read + read,
         "records_written": Run.records_written + written,
@@ -214,10 +239,12 @@ async def record_progress(
     }
     if checkpoint is not None:
         values["checkpoint"] = checkpoint
-    await session.execute(
-        update(Run).where(Run.id == run_id, Run.status == RUNNING).values(**values).execution_options(synchronize_session=False)
+    changed = await session.execute(
+        update(Run).where(held(run_id, attempt)).values(**values).execution_options(synchronize_session=False)
     )
-    cancel = (await session.execute(select(Run.cancel_requested).where(Run.id == run_id))).scalar_one_or_none()
+    if changed.rowcount == 0:  # type: ignore[attr-defined]
+        raise RunLost(run_id)
+    cancel = (await session.execute(select(Run.cancel_requested).where(Run.id == run_id))).scalar_one()
     return bool(cancel)
 
 
@@ -236,22 +263,50 @@ def _finish(run: Run, status: str, error: dict[str, Any] | None, now: datetime) 
     run.updated_at = now
 
 
-async def finish_in(session: AsyncSession, run_id: str, status: str, error: dict[str, Any] | None = None) -> Run | None:
-    """`finish` in the caller's transaction; the run, or None if it was gone or already finished."""
+async def finish_in(
+    session: AsyncSession,
+    run_id: str,
+    status: str,
+    error: dict[str, Any] | None = None,
+    *,
+    attempt: int | None = None,
+    worker_id: str | None = None,
+) -> Run | None:
+    """`finish` in the caller's transaction; the run, or None if it was gone or already finished.
+
+    :param attempt: the attempt working the run, which must still hold it.
+    :param worker_id: a worker giving up its job (which may have died before it started the
+        run): a run that another worker is running is left to it (None).
+    :raises RunLost: `attempt` no longer holds the run.
+    """
     if status not in FINISHED:
         raise ValueError(f"{status!r} does not finish a run")
     run = (await session.execute(select(Run).where(Run.id == run_id).with_for_update())).scalar_one_or_none()
     if run is None or run.status in FINISHED:
+        return None
+    if attempt is not None and (run.status != RUNNING or run.tries != attempt):
+        raise RunLost(run_id)
+    if worker_id is not None and run.status == RUNNING and run.worker_id != worker_id:
         return None
     _finish(run, status, error, utcnow())
     await session.flush()
     return run
 
 
-async def finish(db: Database, tenant_id: str, run_id: str, status: str, error: dict[str, Any] | None = None) -> None:
-    """End a running run as succeeded, failed (with `error` as {code, message}) or cancelled."""
+async def finish(
+    db: Database,
+    tenant_id: str,
+    run_id: str,
+    status: str,
+    error: dict[str, Any] | None = None,
+    *,
+    attempt: int | None = None,
+    worker_id: str | None = None,
+) -> None:
+    """End a run as succeeded, failed (with `error` as {code, message}) or cancelled, as
+    its `attempt` or as a worker giving up its job (see `finish_in`)."""
     async with db.write(tenant_id) as session:
-        await finish_in(session, run_id, status, error)
+        await finish_in(session, run_id, status, error, attempt=attempt, worker_id=worker_id)
 
 
 async def unattended(

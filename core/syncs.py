@@ -168,17 +168,22 @@ async def store_page(
     page: Prepared,
     cursor: Any,
     checkpoint: dict[str, Any],
+    attempt: int,
 ) -> Stored:
     """Store one prepared page in one transaction: its deals (upserts, then tombstones as
-    soft deletes), the stream's cursor and the run's progress and checkpoint."""
+    soft deletes), the stream's cursor and the run's progress and checkpoint.
+
+    :raises runs.RunLost: `attempt` no longer holds the run: nothing of the page is stored.
+    """
     async with mutation(db, integration(tenant_id, connection_id, run_id)) as m:
         outcomes = await deals.upsert_many(m, page.upserts) if page.upserts else []
         removed = await deals.delete_by_refs(m, page.tombstones) if page.tombstones else []
         await _save_cursor(m, connection_id, stream, normalise(cursor), run_id)
         written = sum(1 for o in outcomes if o.status != "unchanged") + len(removed)
         cancel = await runs.record_progress(
-            m.session, run_id, read=page.read, written=written, skipped=page.skipped, pages=1, checkpoint=checkpoint
-        )
+            m.session, run_id, attempt=attempt, read=page.read, written=written, skipped=page.skipped, pages=1,
+            checkpoint=checkpoint,
+        )  # fmt: skip
     return Stored(read=page.read, written=written, skipped=page.skipped, cancel_requested=cancel)
 
 
@@ -191,11 +196,14 @@ async def finish(
     status: str,
     outcome: Outcome = Outcome.SUCCEEDED,
     error: dict[str, Any] | None = None,
+    attempt: int | None = None,
+    worker_id: str | None = None,
 ) -> None:
     """End the sync: the run's status, the connection's health and the `sync.*` event, together
-    (a connection deleted meanwhile has no health to record: the event is the run's)."""
+    (a connection deleted meanwhile has no health to record: the event is the run's), as its
+    `attempt` or as a worker giving up its job (see `runs.finish_in`)."""
     async with mutation(db, integration(tenant_id, connection_id, run_id)) as m:
-        run = await runs.finish_in(m.session, run_id, status, error)
+        run = await runs.finish_in(m.session, run_id, status, error, attempt=attempt, worker_id=worker_id)
         if run is None or status == runs.CANCELLED:
             return
         event = "sync.completed" if status == runs.SUCCEEDED else "sync.failed"
@@ -216,6 +224,7 @@ async def pause(
     tenant_id: str,
     run_id: str,
     *,
+    attempt: int,
     resume_at: datetime,
     checkpoint: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
@@ -223,20 +232,24 @@ async def pause(
     """Queue a running sync again, to resume at `resume_at` from its checkpoint (saved too,
     when given); `error` says why it paused (None when it only yields after a long slice of
     work). False, changing nothing, when a cancel was asked for: the caller ends the run
-    cancelled, rather than let it hold the connection's one active sync through the pause."""
+    cancelled, rather than let it hold the connection's one active sync through the pause.
+
+    :raises runs.RunLost: `attempt` no longer holds the run.
+    """
     values: dict[str, Any] = {
         "status": runs.QUEUED, "resume_at": resume_at, "error": error, "version": Run.version + 1, "updated_at": utcnow()
     }  # fmt: skip
     if checkpoint is not None:
         values["checkpoint"] = checkpoint
     async with db.write(tenant_id) as session:
-        paused = await session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == runs.RUNNING, Run.cancel_requested.is_(False))
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(paused.rowcount)  # type: ignore[attr-defined]
+        held = await session.execute(select(Run.cancel_requested).where(runs.held(run_id, attempt)).with_for_update())
+        cancel = held.scalar_one_or_none()
+        if cancel is None:
+            raise runs.RunLost(run_id)
+        if cancel:
+            return False
+        await session.execute(update(Run).where(Run.id == run_id).values(**values).execution_options(synchronize_session=False))
+        return True
 
 
 # --- schedules

@@ -42,7 +42,8 @@ RunFailer = Callable[["WorkerRuntime", str, str, str, str], Awaitable[None]]
 
 async def fail_run(runtime: WorkerRuntime, tenant_id: str, run_id: str, code: str, message: str) -> None:
     """Fail a run that records nothing else with its failure (a replay)."""
-    await runs.finish(runtime.db, tenant_id, run_id, runs.FAILED, {"code": code, "message": message})
+    error = {"code": code, "message": message}
+    await runs.finish(runtime.db, tenant_id, run_id, runs.FAILED, error, worker_id=runtime.worker_id)
 
 
 async def _give_up(fail: RunFailer, runtime: WorkerRuntime, args: tuple[Any, ...], code: str, message: str) -> None:
@@ -115,11 +116,20 @@ def instrumented(name: str, body: JobBody, settings: Settings, *, fails_run: Run
 
 
 async def replay_deliveries(runtime: WorkerRuntime, tenant_id: str, run_id: str) -> dict[str, Any]:
-    """Requeue an endpoint's failed deliveries in a time window, page by page (a run)."""
+    """Requeue an endpoint's failed deliveries in a time window, page by page (a run); stop
+    at once when the run was handed to another worker meanwhile (see `core.runs`)."""
     started = await runs.start(runtime.db, tenant_id, run_id, worker_id=runtime.worker_id)
     if started is None:
         return {"skipped": True}
-    run = started.run
+    try:
+        return await _replay(runtime, tenant_id, started)
+    except runs.RunLost:
+        log.warning("replay run taken over by another worker, this one stops", extra={"run_id": run_id})
+        return {"lost": True}
+
+
+async def _replay(runtime: WorkerRuntime, tenant_id: str, started: runs.Started) -> dict[str, Any]:
+    run, attempt = started.run, started.attempt
     endpoint_id = run.params["endpoint_id"]
     since = datetime.fromisoformat(run.params["since"])
     until = datetime.fromisoformat(run.params["until"])
@@ -131,7 +141,7 @@ async def replay_deliveries(runtime: WorkerRuntime, tenant_id: str, run_id: str)
                 session, endpoint_id, since=since, until=until, after=after, limit=REPLAY_PAGE
             )
             cancel = await runs.record_progress(
-                session, run_id, read=page.read, written=page.requeued, pages=1 if page.read else 0,
+                session, run.id, attempt=attempt, read=page.read, written=page.requeued, pages=1 if page.read else 0,
                 checkpoint={"after": page.checkpoint},
             )  # fmt: skip
         requeued += page.requeued
@@ -140,10 +150,10 @@ async def replay_deliveries(runtime: WorkerRuntime, tenant_id: str, run_id: str)
         if page.checkpoint is None:
             break
         if cancel:
-            await runs.finish(runtime.db, tenant_id, run_id, runs.CANCELLED)
+            await runs.finish(runtime.db, tenant_id, run.id, runs.CANCELLED, attempt=attempt)
             return {"cancelled": True, "requeued": requeued}
         after = page.checkpoint
-    await runs.finish(runtime.db, tenant_id, run_id, runs.SUCCEEDED)
+    await runs.finish(runtime.db, tenant_id, run.id, runs.SUCCEEDED, attempt=attempt)
     return {"requeued": requeued}
 
 

@@ -151,12 +151,22 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 
 async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -> dict[str, Any]:
-    """Work a sync run from its checkpoint to the end, a pause, or the end of its slice."""
+    """Work a sync run from its checkpoint to the end, a pause, or the end of its slice;
+    stop at once when the run was handed to another worker meanwhile (nothing more of
+    this attempt is written, see `core.runs`)."""
     started = await runs.start(runtime.db, tenant_id, run_id, worker_id=runtime.worker_id)
     if started is None:
         return {"skipped": True}
-    run = started.run
-    connection_id = run.connection_id
+    try:
+        return await _work(runtime, tenant_id, started)
+    except runs.RunLost:
+        log.warning("sync run taken over by another worker, this one stops", extra={"run_id": run_id})
+        return {"lost": True}
+
+
+async def _work(runtime: WorkerRuntime, tenant_id: str, started: runs.Started) -> dict[str, Any]:
+    run, attempt = started.run, started.attempt
+    run_id, connection_id = run.id, run.connection_id
     assert connection_id is not None
     checkpoint: dict[str, Any] = dict(run.checkpoint or {})
     done: list[str] = list(checkpoint.get("done", []))
@@ -167,12 +177,13 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
 
     async def fail(code: str, message: str, outcome: Outcome = Outcome.REJECTED) -> dict[str, Any]:
         await syncs.finish(
-            runtime.db, tenant_id, run_id, connection_id, status=runs.FAILED, outcome=outcome, error=_error(code, message)
-        )
+            runtime.db, tenant_id, run_id, connection_id, status=runs.FAILED, outcome=outcome, error=_error(code, message),
+            attempt=attempt,
+        )  # fmt: skip
         return {"failed": code}
 
     async def cancelled() -> dict[str, Any]:
-        await syncs.finish(runtime.db, tenant_id, run_id, connection_id, status=runs.CANCELLED)
+        await syncs.finish(runtime.db, tenant_id, run_id, connection_id, status=runs.CANCELLED, attempt=attempt)
         return {"cancelled": True}
 
     try:
@@ -196,7 +207,7 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
                     stored_to = {**positions, stream: normalise(page_cursor)}
                     result = await syncs.store_page(
                         runtime.db, tenant_id, run_id, connection_id, stream=stream, page=page, cursor=page_cursor,
-                        checkpoint={"done": done, "cursors": stored_to, "pauses": 0},
+                        checkpoint={"done": done, "cursors": stored_to, "pauses": 0}, attempt=attempt,
                     )  # fmt: skip
                     positions, pauses = stored_to, 0
                     if result.written:
@@ -204,11 +215,13 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
                     if result.cancel_requested:
                         return await cancelled()
                     if time.monotonic() > deadline:
-                        if not await syncs.pause(runtime.db, tenant_id, run_id, resume_at=utcnow()):
+                        if not await syncs.pause(runtime.db, tenant_id, run_id, attempt=attempt, resume_at=utcnow()):
                             return await cancelled()
                         return {"sliced": True}
             done.append(stream)
-            if await runs.progress(runtime.db, tenant_id, run_id, checkpoint={"done": done, "cursors": positions, "pauses": 0}):
+            if await runs.progress(
+                runtime.db, tenant_id, run_id, attempt=attempt, checkpoint={"done": done, "cursors": positions, "pauses": 0}
+            ):
                 return await cancelled()
     except _ProviderFailed as failed:
         exc = failed.__cause__
@@ -221,19 +234,19 @@ async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -
         seconds = _pause_for(runtime, exc, pauses)
         resume_at = utcnow() + timedelta(seconds=math.ceil(seconds))
         paused = await syncs.pause(
-            runtime.db, tenant_id, run_id, resume_at=resume_at, error=_error(_pause_code(exc), _describe(exc)),
+            runtime.db, tenant_id, run_id, attempt=attempt, resume_at=resume_at, error=_error(_pause_code(exc), _describe(exc)),
             checkpoint={"done": done, "cursors": positions, "pauses": pauses},
         )  # fmt: skip
         if not paused:  # a cancel was asked for before the pause: it wins
             return await cancelled()
         log.info("sync paused", extra={"run_id": run_id, "resume_at": resume_at.isoformat(), "reason": type(exc).__name__})
         return {"paused_until": resume_at.isoformat()}
-    except (*_OURS_AWAY, TimeoutError):  # a TimeoutError out here is the database's
+    except (*_OURS_AWAY, TimeoutError, runs.RunLost):  # a TimeoutError out here is the database's
         raise
     except Exception as exc:
         log.exception("sync failed unexpectedly", extra={"run_id": run_id})
         return await fail("SYNC_FAILED", f"The sync failed unexpectedly ({type(exc).__name__})")
-    await syncs.finish(runtime.db, tenant_id, run_id, connection_id, status=runs.SUCCEEDED)
+    await syncs.finish(runtime.db, tenant_id, run_id, connection_id, status=runs.SUCCEEDED, attempt=attempt)
     return {"succeeded": True}
 
 
@@ -246,8 +259,9 @@ async def fail_run(runtime: WorkerRuntime, tenant_id: str, run_id: str, code: st
     assert connection_id is not None
     outcome = Outcome.UNAVAILABLE if code == runs.TIMED_OUT else Outcome.REJECTED
     await syncs.finish(
-        runtime.db, tenant_id, run_id, connection_id, status=runs.FAILED, outcome=outcome, error=_error(code, message)
-    )
+        runtime.db, tenant_id, run_id, connection_id, status=runs.FAILED, outcome=outcome, error=_error(code, message),
+        worker_id=runtime.worker_id,
+    )  # fmt: skip
 
 
 def _failure(exc: BaseException, run_id: str) -> tuple[str, str, Outcome]:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from connectors.fake_crm import FakeCRMConfig, FakeDealStream, fake_deal
 from connectors.sdk import RateLimited
 from core import runs
+from core import syncs as core_syncs
 from core.db import Database
 from core.models import Connection, Deal, DealRef, Run, SyncCursor
 from core.roles import Role
@@ -399,6 +400,73 @@ async def test_a_sync_killed_mid_way_resumes_and_ends_with_exactly_the_providers
     assert all(d.version == 1 for d in deals.values()), "nothing was written twice"
     assert len(await audit_trail(db, tenant.id, "deal.created")) == 95
     assert len(await outbox(db, tenant.id, "deal.created")) == 95
+
+
+async def test_a_worker_whose_sync_was_taken_over_writes_nothing_more_of_it(
+    client, app, settings, db, tenant, monkeypatch
+):
+    """Worker A's heartbeat lapsed while it was alive: the sweep handed its run to worker B.
+    A's next page is refused whole (its deals, the stream's cursor, the checkpoint) and A
+    stops; B carries on from the last page A stored while it still held the run."""
+    connection = await fake_crm(client, tenant)
+    run = await start_sync(client, tenant, connection["id"])
+    hub = app.state.hub
+
+    def worker() -> WorkerRuntime:  # a worker's parts without its job loop
+        return WorkerRuntime(
+            settings, redis_url=settings.redis_url or "", db=hub.db, vault=hub.vault,
+            connectors=hub.connectors, connector_host=hub.connector_host,
+        )  # fmt: skip
+
+    a, b = worker(), worker()
+    real_store = worker_syncs.syncs.store_page
+    calls = 0
+
+    async def taken_over_before_the_second_page(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            assert await runs.start(db, tenant.id, run["id"], worker_id=b.worker_id) is not None
+        return await real_store(*args, **kwargs)
+
+    monkeypatch.setattr(worker_syncs.syncs, "store_page", taken_over_before_the_second_page)
+    assert await worker_syncs.sync_connection(a, tenant.id, run["id"]) == {"lost": True}
+    monkeypatch.setattr(worker_syncs.syncs, "store_page", real_store)
+
+    mid = await get_run(client, tenant, run["id"])
+    assert mid["status"] == "running" and mid["tries"] == 2 and mid["progress"]["pages"] == 1
+    assert len(await stored_deals(db, tenant.id)) == 10
+    async with db.read(tenant.id) as session:
+        cursor = (await session.execute(select(SyncCursor.cursor).where(SyncCursor.connection_id == connection["id"]))).scalar_one()
+    config = FakeCRMConfig(records=25, page_size=10)
+    assert datetime.fromisoformat(cursor) == fake_deal(config, 9).updated_at
+
+    assert await worker_syncs.sync_connection(b, tenant.id, run["id"]) == {"succeeded": True}
+    done = await get_run(client, tenant, run["id"])
+    assert done["status"] == "succeeded" and done["progress"]["records_read"] == 25
+    assert sorted(await stored_deals(db, tenant.id)) == [fake_deal(config, i).external_id for i in range(25)]
+    assert len(await outbox(db, tenant.id, "sync.completed")) == 1
+
+
+async def test_a_stale_attempt_can_neither_pause_nor_end_the_run_nor_can_its_jobs_give_up(client, db, tenant):
+    connection = await fake_crm(client, tenant)
+    run_id = (await start_sync(client, tenant, connection["id"]))["id"]
+    a = await runs.start(db, tenant.id, run_id, worker_id="worker-a")
+    b = await runs.start(db, tenant.id, run_id, worker_id="worker-b")  # A's heartbeat lapsed
+    assert a is not None and b is not None and (a.attempt, b.attempt) == (1, 2)
+
+    with pytest.raises(runs.RunLost):
+        await core_syncs.pause(db, tenant.id, run_id, attempt=a.attempt, resume_at=datetime.now(UTC) + timedelta(hours=1))
+    with pytest.raises(runs.RunLost):
+        await core_syncs.finish(db, tenant.id, run_id, connection["id"], status=runs.SUCCEEDED, attempt=a.attempt)
+    error = {"code": "TIMED_OUT", "message": "A's job timed out"}
+    await core_syncs.finish(db, tenant.id, run_id, connection["id"], status=runs.FAILED, error=error, worker_id="worker-a")
+    current = await get_run(client, tenant, run_id)
+    assert current["status"] == "running" and current["resume_at"] is None and current["error"] is None
+    assert await outbox(db, tenant.id, "sync.failed") == []
+
+    await core_syncs.finish(db, tenant.id, run_id, connection["id"], status=runs.SUCCEEDED, attempt=b.attempt)
+    assert (await get_run(client, tenant, run_id))["status"] == "succeeded"
 
 
 async def test_a_page_that_failed_to_store_is_read_again_whatever_the_database_raised(
