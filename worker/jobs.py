@@ -23,7 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from core import deliveries, idempotency, jobs, retention, runs, webhooks
 from core.models import utcnow
 from core.settings import Settings
-from worker import syncs
+from worker import attempts, syncs
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -116,16 +116,8 @@ def instrumented(name: str, body: JobBody, settings: Settings, *, fails_run: Run
 
 
 async def replay_deliveries(runtime: WorkerRuntime, tenant_id: str, run_id: str) -> dict[str, Any]:
-    """Requeue an endpoint's failed deliveries in a time window, page by page (a run); stop
-    at once when the run was handed to another worker meanwhile (see `core.runs`)."""
-    started = await runs.start(runtime.db, tenant_id, run_id, worker_id=runtime.worker_id)
-    if started is None:
-        return {"skipped": True}
-    try:
-        return await _replay(runtime, tenant_id, started)
-    except runs.RunLost:
-        log.warning("replay run taken over by another worker, this one stops", extra={"run_id": run_id})
-        return {"lost": True}
+    """Requeue an endpoint's failed deliveries in a time window, page by page (a run)."""
+    return await attempts.attempt(runtime, tenant_id, run_id, _replay)
 
 
 async def _replay(runtime: WorkerRuntime, tenant_id: str, started: runs.Started) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from core.credentials import CredentialStatus
 from core.errors import NotFound
 from core.jsonable import normalise
 from core.models import utcnow
+from worker import attempts
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -151,17 +152,8 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 
 async def sync_connection(runtime: WorkerRuntime, tenant_id: str, run_id: str) -> dict[str, Any]:
-    """Work a sync run from its checkpoint to the end, a pause, or the end of its slice;
-    stop at once when the run was handed to another worker meanwhile (nothing more of
-    this attempt is written, see `core.runs`)."""
-    started = await runs.start(runtime.db, tenant_id, run_id, worker_id=runtime.worker_id)
-    if started is None:
-        return {"skipped": True}
-    try:
-        return await _work(runtime, tenant_id, started)
-    except runs.RunLost:
-        log.warning("sync run taken over by another worker, this one stops", extra={"run_id": run_id})
-        return {"lost": True}
+    """Work a sync run from its checkpoint to the end, a pause, or the end of its slice."""
+    return await attempts.attempt(runtime, tenant_id, run_id, _work)
 
 
 async def _work(runtime: WorkerRuntime, tenant_id: str, started: runs.Started) -> dict[str, Any]:

@@ -333,6 +333,16 @@ async def leased_to(app: Any, owner: str, lease_seconds: float) -> dict[str, Any
     return leased
 
 
+async def a_lapsed_claim(app: Any, client: Any, tenant: Any) -> tuple[str, Any]:
+    """A new endpoint's one delivery, leased to worker-a for 0.2 s and lapsed since:
+    (endpoint id, that claim)."""
+    endpoint_id, _ = await make_endpoint(client, tenant, "http://127.0.0.1:9/hook", ["deal.created"])
+    await make_deal(client, app, tenant)
+    claim = (await leased_to(app, "worker-a", lease_seconds=0.2))[endpoint_id]
+    await asyncio.sleep(0.3)
+    return endpoint_id, claim
+
+
 async def claim_again(app: Any, owner: str, delivery_id: str) -> Any:
     from core.deliveries import claim_due
 
@@ -349,10 +359,7 @@ async def test_a_result_counts_only_under_the_lease_it_was_claimed_with(app, cli
     from core.models import utcnow
 
     db, policy = app.state.hub.db, RetryPolicy((1.0,))
-    endpoint_id, _ = await make_endpoint(client, tenant, "http://127.0.0.1:9/hook", ["deal.created"])
-    await make_deal(client, app, tenant)
-    late = (await leased_to(app, "worker-a", lease_seconds=0.2))[endpoint_id]
-    await asyncio.sleep(0.3)
+    endpoint_id, late = await a_lapsed_claim(app, client, tenant)
     fresh = await claim_again(app, "worker-b", late.id)
     assert fresh.lease != late.lease
 
@@ -379,10 +386,7 @@ async def test_a_worker_that_claims_its_own_lapsed_delivery_again_counts_the_new
     from core.models import utcnow
 
     db, policy = app.state.hub.db, RetryPolicy((1.0,))
-    endpoint_id, _ = await make_endpoint(client, tenant, "http://127.0.0.1:9/hook", ["deal.created"])
-    await make_deal(client, app, tenant)
-    first = (await leased_to(app, "worker-a", lease_seconds=0.2))[endpoint_id]
-    await asyncio.sleep(0.3)
+    endpoint_id, first = await a_lapsed_claim(app, client, tenant)
     second = await claim_again(app, "worker-a", first.id)
 
     both = [AttemptResult(first, utcnow(), 5.0, "success", 200), AttemptResult(second, utcnow(), 5.0, "http_error", 500, error="HTTP 500")]
