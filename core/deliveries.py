@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core import webhooks
 from core.changes import Mutation
@@ -404,6 +404,7 @@ _FINISH = {
     "b_started": "last_attempt_at", "b_now": "updated_at", "b_completed": "completed_at",
 }  # fmt: skip
 FINISH_COLUMNS = tuple(_FINISH)
+# On SQLite (one writer: the rows `_held` read stay as they were until the commit).
 FINISH_DELIVERIES = DriverStatement(
     lambda dialect: update(RAW_DELIVERIES)
     .where(RAW_DELIVERIES.c.id == bindparam("b_id"))
@@ -421,13 +422,16 @@ FINISH_DELIVERIES = DriverStatement(
         completed_at=bindparam("b_completed"),
     ),
     FINISH_COLUMNS,
-    postgresql=(
-        "UPDATE webhook_deliveries AS d SET "
-        + ", ".join(f"{c} = u.{b}" for b, c in _FINISH.items() if c is not None)
-        + ", lease_until = NULL, lease_owner = NULL FROM "
-        + pg_arrays(WebhookDelivery, ["id" if c is None else c for c in _FINISH.values()])
-        + f" AS u({', '.join(_FINISH)}) WHERE d.id = u.b_id"
-    ),
+)
+# On PostgreSQL the update checks the lease itself (one statement for the batch, no row
+# locks taken beforehand) and says which rows it finished: (id, lease).
+_PG_FINISH_HELD = (
+    "UPDATE webhook_deliveries AS d SET "
+    + ", ".join(f"{c} = u.{b}" for b, c in _FINISH.items() if c is not None)
+    + ", lease_until = NULL, lease_owner = NULL FROM "
+    + pg_arrays(WebhookDelivery, ["id" if c is None else c for c in _FINISH.values()] + ["lease_until"])
+    + f" AS u({', '.join(_FINISH)}, b_lease) WHERE d.id = u.b_id AND d.lease_until = u.b_lease"
+    + f" AND d.lease_owner = ${len(_FINISH) + 2} AND d.status = '{PENDING}' RETURNING d.id, u.b_lease"
 )
 
 
@@ -461,13 +465,20 @@ async def record(
     now_stamp = stamp(now)
     rows = _Rows(results, policy, stamp, now_stamp)
     async with db.write(None) as session:
-        held = await _held(session, results, owner)
+        connection = await session.connection()
+        postgresql = connection.dialect.name == "postgresql"
+        if postgresql:
+            columns = [*map(list, zip(*rows.changes, strict=True)), [r.due.lease for r in results]]
+            held = {tuple(row) for row in await connection.exec_driver_sql(_PG_FINISH_HELD, (*columns, owner))}
+        else:
+            held = await _held(connection, results, owner)
         kept = [r for r in results if (r.due.id, r.due.lease) in held]
         if len(kept) < len(results):
-            rows = _Rows(kept, policy, stamp, now_stamp)
+            rows = _Rows(kept, policy, stamp, now_stamp)  # the finished rows' changes are as before
             rows.out.stale = len(results) - len(kept)
+        if not postgresql:
+            await FINISH_DELIVERIES.executemany(session, rows.changes)
         await INSERT_ATTEMPTS.executemany(session, rows.attempts)
-        await FINISH_DELIVERIES.executemany(session, rows.changes)
         await MARK_FAILING.executemany(session, [(e, now_stamp) for e, ok in rows.endpoint_ok.items() if not ok])
         await MARK_RECOVERED.executemany(session, [(e,) for e, ok in rows.endpoint_ok.items() if ok])
     out = rows.out
@@ -486,23 +497,16 @@ async def record(
     return out
 
 
-def _held_statement(dialect: str) -> Any:
-    stmt = select(_R.c.id, _R.c.lease_until).where(
-        ids_in(_R.c.id, dialect), _R.c.lease_owner == bindparam("owner"), _R.c.status == literal_column(f"'{PENDING}'")
-    )
-    # Locked until the results are written, in one order (two writers never deadlock):
-    # a claim meanwhile skips these rows.
-    return stmt.order_by(_R.c.id).with_for_update() if dialect == "postgresql" else stmt
+# Written out, not bound, like _IS_PENDING.
+_HELD = select(_R.c.id, _R.c.lease_until).where(
+    _R.c.id.in_(bindparam("ids", expanding=True)), _R.c.lease_owner == bindparam("owner"), _R.c.status == literal_column(f"'{PENDING}'")
+)
 
 
-_HELD = {d: _held_statement(d) for d in ("sqlite", "postgresql")}
-
-
-async def _held(session: AsyncSession, results: Sequence[AttemptResult], owner: str) -> set[tuple[str, Any]]:
-    """(id, lease) of the results' deliveries leased to `owner` now."""
-    connection = await session.connection()
+async def _held(connection: AsyncConnection, results: Sequence[AttemptResult], owner: str) -> set[tuple[str, Any]]:
+    """(id, lease) of the results' deliveries leased to `owner` now (SQLite)."""
     ids = list({r.due.id for r in results})
-    return {(id_, lease) for id_, lease in await connection.execute(_HELD[connection.dialect.name], {"ids": ids, "owner": owner})}
+    return {(id_, lease) for id_, lease in await connection.execute(_HELD, {"ids": ids, "owner": owner})}
 
 
 class _Rows:
