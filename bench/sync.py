@@ -1,6 +1,6 @@
 """A Salesforce sync into the hub, beside a bare loop measured in the same run.
 
-    python bench/sync.py [--records 10000 100000] [--page-size 2000] [--no-postgres]
+    python bench/sync.py [--records 10000 100000] [--page-size 2000] [--no-sqlite] [--no-postgres]
                          [--profile out.html]
 
 A local stand-in of Salesforce (bench/salesforce_server.py, its own process) serves N
@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--page-size", type=int, default=2000)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--profile", help="write a pyinstrument profile of the hub's sync (HTML, or text for *.txt)")
     parser.add_argument("--child", choices=["baseline", "hub"], help=argparse.SUPPRESS)
     parser.add_argument("--instance-url", help=argparse.SUPPRESS)
@@ -261,7 +262,8 @@ def main() -> None:
 
     with redis_server() as redis_url:
         print(f"Salesforce sync, {args.page_size:,} opportunities per page (each run in a fresh process and database)")
-        run_backend("SQLite", sqlite_file, args, redis_url)
+        if not args.no_sqlite:
+            run_backend("SQLite", sqlite_file, args, redis_url)
         if not args.no_postgres and reachable("127.0.0.1", 5432):
             run_backend("PostgreSQL", postgres, args, redis_url)
 
