@@ -3,7 +3,7 @@ per process builds a live connector per tenant connection.
 
 What it wires, per connection: the connection's configuration (plain fields and secrets
 merged back), its auth (OAuth tokens with a ``refresh`` callback that runs the right grant
-and an ``on_token_update`` callback that persists rotated tokens), a ``HubHttp`` on the
+and stores the new token, one process at a time per connection), a ``HubHttp`` on the
 process's shared ``httpx.AsyncClient``, a circuit breaker named for the tenant connection
 in shared storage (Redis), and a rate limiter of its own, so one tenant's failing or busy
 connection never slows another's.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any, Protocol, get_args
 import httpx
 from pydantic import BaseModel, SecretBytes, SecretStr
 
+from connectors.locks import RedisLock
 from connectors.oauth import OAuthClient, client_for, with_expiry
 from connectors.sdk import (
     AsyncCircuitBreaker,
@@ -56,6 +58,10 @@ class TokenStore(Protocol):
 
     async def auth_failed(self, connection_id: str, reason: str) -> None:
         """The provider refused to refresh or mint a token: the connection needs reconnecting."""
+        ...
+
+    async def current_token(self, connection_id: str) -> dict[str, Any] | None:
+        """The token as stored now (another process may have refreshed it meanwhile)."""
         ...
 
 
@@ -187,6 +193,9 @@ class ConnectorHost:
     :param breaker_fail_max: consecutive outages that open a connection's breaker.
     :param breaker_reset_timeout: seconds an open breaker refuses calls.
     :param sleep: async sleep used between retries (tests pass a no-op).
+    :param refresh_lock: shared by every hub process (``RedisLock``), so one process at a
+        time refreshes a connection's token and the others use what it stored; ``None``
+        coordinates nothing beyond one auth's own lock.
     """
 
     def __init__(
@@ -199,8 +208,10 @@ class ConnectorHost:
         breaker_fail_max: int = 5,
         breaker_reset_timeout: float = 60.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        refresh_lock: RedisLock | None = None,
     ) -> None:
         self.client = client
+        self.refresh_lock = refresh_lock
         self.breaker_storage = breaker_storage
         self.oauth_clients: dict[str, OAuthClient] = dict(oauth_clients or {})
         self.retry = retry or RetryPolicy()
@@ -248,13 +259,36 @@ class ConnectorHost:
         store: TokenStore | None,
     ) -> Refresh | None:
         """The ``refresh`` callback of a connection's OAuth auth, or ``None`` if its scheme
-        has no token to refresh. A refused grant is reported to ``store.auth_failed``."""
+        has no token to refresh. With a `store`, the new token is stored before the callback
+        returns (inside the shared refresh lock, so the next process to take it finds the
+        token); a refused grant is reported to ``store.auth_failed``."""
         spec = cls.auth_for(config)
         if not isinstance(spec, (OAuth2AuthorizationCode, OAuth2ClientCredentials)):
             return None
         client = self.oauth_client(cls, config, secrets)
 
         async def refresh(token: Mapping[str, Any]) -> Mapping[str, Any]:
+            if store is None:
+                return await grant(token)
+            if self.refresh_lock is None:
+                return await renewed(store, token)
+            async with self.refresh_lock.held(f"oauth-refresh:{connection_id}"):
+                stored = await store.current_token(connection_id)
+                if stored and _refreshed_since(stored, token):
+                    return stored  # another process refreshed it while this one waited
+                # The stored token's refresh token is the latest (a rotated one replaces it).
+                return await renewed(store, stored or token)
+
+        async def renewed(store: TokenStore, token: Mapping[str, Any]) -> dict[str, Any]:
+            """`token` renewed by the provider and stored (under the lock, when there is one)."""
+            # Like OAuth2Auth: a refresh without a new refresh_token keeps the old one.
+            merged = {**token, **with_expiry(await grant(token))}
+            if not merged.get("access_token"):
+                raise AuthError("token refresh returned no access token")
+            await store.save_token(connection_id, merged)
+            return merged
+
+        async def grant(token: Mapping[str, Any]) -> Mapping[str, Any]:
             try:
                 if client is None:
                     raise AuthError(f"no OAuth client is configured for {cls.key}")
@@ -304,18 +338,9 @@ class ConnectorHost:
         :param store: receives rotated tokens and refusals; ``None`` keeps them in memory only.
         """
         parsed = parse_config(cls, config, secrets)
+        # The refresher stores what it gets (see `refresher`): the auth needs no token callback.
         refresh = self.refresher(cls, parsed, secrets, connection_id=connection_id, store=store)
-
-        async def on_token_update(fresh: dict[str, Any]) -> None:
-            if store is not None:
-                await store.save_token(connection_id, fresh)
-
-        auth = cls.http_auth(
-            parsed,
-            dict(token or {}),
-            refresh=refresh,
-            on_token_update=on_token_update if refresh is not None else None,
-        )
+        auth = cls.http_auth(parsed, dict(token or {}), refresh=refresh)
         breaker = self.breaker(tenant_id, connection_id)
         http = HubHttp(
             auth=auth,
@@ -357,13 +382,19 @@ class ConnectorHost:
         refresh = self.refresher(cls, parsed, secrets, connection_id=connection_id, store=store)
         if refresh is None:
             raise ValueError(f"{cls.key} has no token to refresh")
-        current = dict(token or {})
-        # Like OAuth2Auth: a refresh without a new refresh_token keeps the old one.
-        merged = {**current, **with_expiry(await refresh(current))}
-        if not merged.get("access_token"):
-            raise AuthError("token refresh returned no access token")
-        await store.save_token(connection_id, merged)
-        return merged
+        return dict(await refresh(dict(token or {})))  # stored by the refresher
+
+
+# A token refreshed by another process is used only with this much of its life left.
+_FRESH_ENOUGH_SECONDS = 60.0
+
+
+def _refreshed_since(stored: Mapping[str, Any], seen: Mapping[str, Any]) -> bool:
+    """Whether `stored` replaced the token this process last `seen`, and is still good."""
+    if not stored.get("access_token") or stored.get("access_token") == seen.get("access_token"):
+        return False
+    expires_at = stored.get("expires_at")
+    return expires_at is None or float(expires_at) - _FRESH_ENOUGH_SECONDS > time.time()
 
 
 def pooled_client() -> httpx.AsyncClient:
@@ -388,9 +419,12 @@ class HostSettings(Protocol):
     breaker_reset_seconds: float
 
 
-def connector_host_for(settings: HostSettings, client: httpx.AsyncClient, breaker_storage: BreakerStorage) -> ConnectorHost:
+def connector_host_for(
+    settings: HostSettings, client: httpx.AsyncClient, breaker_storage: BreakerStorage, *, refresh_lock: RedisLock | None = None
+) -> ConnectorHost:
     """The host of a hub process (the API or a worker) as its settings describe it."""
     return ConnectorHost(
+        refresh_lock=refresh_lock,
         client=client,
         breaker_storage=breaker_storage,
         oauth_clients={

@@ -516,6 +516,12 @@ class ConnectionStore:
                 credential_status=credentials.status(row),
             )
 
+    async def current_token(self, connection_id: str) -> dict[str, Any] | None:
+        async with self.db.read(self.context.tenant_id) as session:
+            row = await credentials.find(session, connection_id)
+        token = credentials.unseal(self.vault, row).token if row is not None else None
+        return dict(token) if token else None
+
     async def save_token(self, connection_id: str, token: dict[str, Any]) -> None:
         async with mutation(self.db, self.context) as m:
             await store_token(m, self.vault, connection_id, token, refreshed=True)

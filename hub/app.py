@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from starlette.types import Scope
 
 from connectors.host import connector_host_for, pooled_client
+from connectors.locks import RedisLock
 from connectors.registry import ConnectorRegistry
 from connectors.sdk import RedisBreakerStorage
 from core import apikeys, tenants
@@ -160,7 +161,7 @@ def create_app(settings: Settings | None = None, *, connector_registry: Connecto
         )
         registry.load()
         http_client = pooled_client()
-        connector_host = connector_host_for(settings, http_client, RedisBreakerStorage(redis))
+        connector_host = connector_host_for(settings, http_client, RedisBreakerStorage(redis), refresh_lock=RedisLock(redis))
         app.state.hub = HubState(
             settings=settings,
             db=db,

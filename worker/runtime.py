@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import ConnectionPool, Redis
 
 from connectors.host import ConnectorHost, connector_host_for, pooled_client
+from connectors.locks import RedisLock
 from connectors.registry import ConnectorRegistry
 from connectors.sdk import RedisBreakerStorage
 from core import jobs, runs
@@ -129,7 +130,9 @@ class WorkerRuntime:
             self._connectors.load()
         if self._connector_host is None:
             self._own_http = pooled_client()
-            self._connector_host = connector_host_for(settings, self._own_http, RedisBreakerStorage(redis))
+            self._connector_host = connector_host_for(
+                settings, self._own_http, RedisBreakerStorage(redis), refresh_lock=RedisLock(redis)
+            )
         self.dispatcher = Dispatcher(
             db=self.db, vault=self.vault, settings=settings, metrics=self.metrics, owner=self.worker_id,
             wake_at=lambda when: self.relay.wake_at(when) if self.relay is not None else None,

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -371,3 +372,58 @@ async def test_malformed_callbacks_are_problems(client, params):
     r = await client.get("/api/v1/oauth/callback", params=params)
     assert r.status_code in (400, 422)
     assert r.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_two_processes_refreshing_at_once_make_one_grant(client, tenant, provider, salesforce_client, db, app, host):
+    """A provider that rotates refresh tokens accepts each once. The API and a worker (two
+    hosts: two processes) refresh the same connection at once: the shared lock lets one
+    grant run, the other uses the token it stored, and the connection stays CONNECTED
+    (without the lock the second grant is refused and marks it AUTH_ERROR)."""
+    from redis.asyncio import Redis
+
+    from connectors.host import connector_host_for
+    from connectors.locks import RedisLock
+    from connectors.sdk import RedisBreakerStorage
+    from core.changes import ChangeContext
+    from core.connections import ConnectionStore
+
+    connection = await authorize_salesforce(client, tenant, provider, refresh_token="R-1")
+    issued = {"R-1"}
+    grants: list[str] = []
+
+    async def rotating(request: httpx.Request) -> httpx.Response:
+        presented = form_of(request)["refresh_token"]
+        grants.append(presented)
+        await asyncio.sleep(0.2)  # both processes are waiting on the provider at once
+        if presented not in issued:
+            return httpx.Response(400, json=sample("salesforce_oauth_refresh_invalid_grant.json"))
+        issued.discard(presented)
+        fresh = f"R-{len(grants) + 1}"
+        issued.add(fresh)
+        return httpx.Response(200, json={**SF_TOKEN, "access_token": f"ACCESS-{fresh}", "refresh_token": fresh})
+
+    provider.post(SF_TOKEN_URL, name="sf_token").mock(side_effect=rotating)
+    hub = app.state.hub
+    redis = Redis.from_url(hub.settings.redis_url)
+    other = connector_host_for(hub.settings, httpx.AsyncClient(), RedisBreakerStorage(redis), refresh_lock=RedisLock(redis))
+    other.oauth_clients = {"salesforce": SF_CLIENT}
+    store = ConnectionStore(db, hub.vault, ChangeContext(Principal(tenant.id, "user", "test", frozenset({Role.ADMIN}))))
+    loaded = await store.load(connection["id"])
+    assert loaded.credentials is not None
+
+    async def refresh_on(process: Any) -> dict[str, Any]:
+        return await process.refresh_now(
+            hub.connectors.get("salesforce"), connection_id=connection["id"], config=loaded.config,
+            secrets=loaded.credentials.secrets, token=loaded.credentials.token, store=store,
+        )  # fmt: skip
+
+    try:
+        first, second = await asyncio.gather(refresh_on(host), refresh_on(other))
+    finally:
+        await redis.aclose()
+        await other.client.aclose()
+    assert grants == ["R-1"]
+    assert first["access_token"] == second["access_token"] == "ACCESS-R-2"
+    shown = (await client.get(f"/api/v1/connections/{connection['id']}", headers=tenant.headers())).json()
+    assert shown["status"] == "CONNECTED" and shown["credentials"]["status"] == "valid"
+    assert (await store.current_token(connection["id"]))["refresh_token"] == "R-2"
