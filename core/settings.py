@@ -105,7 +105,12 @@ class Settings(BaseSettings):
     sync_pause_seconds: float = Field(
         default=60.0, gt=0, description="First pause of a sync whose provider is away (no Retry-After); doubles per pause"
     )
-    sync_max_pause_seconds: float = Field(default=3600.0, gt=0, description="Longest single pause of a sync")
+    sync_max_pause_seconds: float = Field(
+        default=3600.0, gt=0, description="Longest pause of a sync whose provider is away without a Retry-After"
+    )
+    sync_max_retry_after_seconds: float = Field(
+        default=86400.0, gt=0, description="Longest pause a provider's Retry-After can ask of a sync (a daily quota's reset)"
+    )
     sync_max_pauses: int = Field(default=12, ge=0, description="Pauses in a row, without a page stored, before a sync fails")
     worker_metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="A separate worker serves /metrics here (unset: not served)"

@@ -137,14 +137,13 @@ async def _from_provider(pages: AsyncIterator[T]) -> AsyncIterator[T]:
 
 
 def _pause_for(runtime: WorkerRuntime, exc: BaseException, pauses: int) -> float:
-    """How long to pause after `exc`, the `pauses`-th pause in a row (from 1)."""
+    """How long to pause after `exc`, the `pauses`-th pause in a row (from 1): as long as
+    the provider's Retry-After asks (a daily quota may ask for hours), else a backoff."""
     settings = runtime.settings
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(retry_after, (int, float)) and retry_after > 0:
-        seconds = float(retry_after)
-    else:
-        seconds = settings.sync_pause_seconds * 2 ** (pauses - 1)
-    return min(seconds, settings.sync_max_pause_seconds)
+        return min(float(retry_after), settings.sync_max_retry_after_seconds)
+    return min(settings.sync_pause_seconds * 2 ** (pauses - 1), settings.sync_max_pause_seconds)
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

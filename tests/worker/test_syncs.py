@@ -604,3 +604,19 @@ async def test_a_sync_of_a_connection_deleted_meanwhile_fails_with_an_event(clie
     assert failed["status"] == "failed" and failed["error"]["code"] == "CONNECTION_GONE"
     (event,) = await outbox(db, tenant.id, "sync.failed")
     assert event.resource_type == "run" and event.resource_id == run["id"]
+
+
+def test_a_pause_lasts_as_long_as_the_providers_retry_after_asks(settings):
+    """A daily quota answers 429 with a Retry-After of hours: the sync waits that long (up
+    to a day), rather than coming back every hour and giving up after a dozen pauses; a
+    provider away without one gets the doubling backoff, capped lower."""
+    from types import SimpleNamespace
+
+    from connectors.sdk import ProviderUnavailable, RateLimited
+    from worker.syncs import _pause_for
+
+    runtime = SimpleNamespace(settings=settings.model_copy(update={"sync_pause_seconds": 60.0, "sync_max_pause_seconds": 3600.0}))
+    assert _pause_for(runtime, RateLimited("daily quota", retry_after=7 * 3600), 1) == 7 * 3600
+    assert _pause_for(runtime, RateLimited("daily quota", retry_after=10**9), 1) == 86400
+    assert _pause_for(runtime, ProviderUnavailable("down"), 1) == 60
+    assert _pause_for(runtime, ProviderUnavailable("down"), 9) == 3600
