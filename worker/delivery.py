@@ -223,6 +223,8 @@ class Dispatcher:
         self._queue_max = min(self._lanes_max * QUEUE_PER_LANE_MAX, self._max_backlog // 2)
         self._paces: dict[str, _Pace] = {}
         self._saturated: set[str] = set()
+        # Endpoints whose signing secrets this worker cannot open: left to other workers.
+        self._unreadable: set[str] = set()
         self._timeout = settings.webhook_timeout_seconds
         self._deadlines = _Deadlines(self._timeout)
         self._excerpt_bytes = settings.webhook_response_excerpt_bytes
@@ -238,6 +240,8 @@ class Dispatcher:
         self._session: aiohttp.ClientSession | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
+        # Set once no request is in flight any more: the flusher ends when it has written all.
+        self._sent_all = False
         self._in_flight = 0
         # Read when scraped, not updated per request.
         metrics.in_flight.set_function(lambda: self._in_flight)
@@ -271,6 +275,7 @@ class Dispatcher:
         if self._lane_tasks:
             _, pending = await asyncio.wait(self._lane_tasks, timeout=grace_seconds)
             await cancel_all(pending)
+        self._sent_all = True
         if self._flusher is not None:
             # The flusher writes what is left (a batch it is writing now included), then ends.
             self._results_ready.set()
@@ -305,7 +310,7 @@ class Dispatcher:
 
     def accepts(self, endpoint_id: str) -> bool:
         """Whether to take one more delivery for `endpoint_id` now."""
-        if self._closing or self._backlog >= self._max_backlog:
+        if self._closing or self._backlog >= self._max_backlog or endpoint_id in self._unreadable:
             return False
         queue = self._queues.get(endpoint_id)
         if queue is None or len(queue) < self._queue_limit(endpoint_id):
@@ -313,8 +318,11 @@ class Dispatcher:
         self._saturated.add(endpoint_id)
         return False
 
-    def saturated(self) -> list[str]:
-        return [e for e, queue in self._queues.items() if len(queue) >= self._queue_limit(e)]
+    def excluded(self) -> list[str]:
+        """Endpoints not to claim deliveries of now: their queues are full, or this worker
+        cannot sign for them."""
+        full = [e for e, queue in self._queues.items() if len(queue) >= self._queue_limit(e)]
+        return [*full, *self._unreadable]
 
     def submit(self, items: list[Due], targets: dict[str, Target] | None = None) -> None:
         """Take claimed deliveries (leased to this worker just now) and start sending them."""
@@ -376,6 +384,10 @@ class Dispatcher:
 
     def _keep(self, target: Target) -> _Prepared:
         before = self._targets.get(target.endpoint_id)
+        if target.readable:
+            self._unreadable.discard(target.endpoint_id)
+        else:
+            self._unreadable.add(target.endpoint_id)
         if not target.readable and (before is None or before.target.readable):
             log.error(
                 "cannot open a webhook endpoint's signing secret (sealed under a vault key this worker lacks); "
@@ -484,7 +496,7 @@ class Dispatcher:
             self._results_ready.set()
 
     async def _flush_forever(self) -> None:
-        while not (self._closing and not self._results):
+        while not (self._sent_all and not self._results):
             await self._results_ready.wait()
             self._results_ready.clear()
             # Rows written in larger batches cost a fraction as much each: let a batch

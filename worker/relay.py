@@ -116,7 +116,7 @@ class OutboxRelay:
             room = min(dispatcher.capacity(), self._batch)
             if room > 0:
                 due = await deliveries.claim_due(
-                    self._db, owner=dispatcher.owner, lease_seconds=self._lease, limit=room, exclude=dispatcher.saturated()
+                    self._db, owner=dispatcher.owner, lease_seconds=self._lease, limit=room, exclude=dispatcher.excluded()
                 )
                 dispatcher.submit(due)
                 if len(due) == room:

@@ -463,7 +463,8 @@ async def test_a_worker_that_cannot_open_the_signing_secret_sends_nothing_and_le
 ):
     """During a vault key roll-out a worker may lack the key an endpoint's secret is sealed
     under: it cannot sign, so it must neither send nor fail the delivery (the endpoint is
-    fine); a worker holding the key delivers it."""
+    fine), and it leaves the endpoint's later deliveries to other workers; a worker holding
+    the key delivers them."""
     from core.vault import Vault, generate_key_line, parse_keyring
     from tests.worker.conftest import FAST
     from worker.runtime import WorkerRuntime
@@ -482,9 +483,23 @@ async def test_a_worker_that_cannot_open_the_signing_secret_sends_nothing_and_le
         assert receiver.requests == []
         (delivery,) = await deliveries_of(client, tenant, endpoint_id)
         assert (delivery["status"], delivery["attempts"]) == ("pending", 0)
+        await make_deal(client, app, tenant, "Later")
+        later = await wait_for(lambda: leases_of(hub.db, endpoint_id, expected=2))
+        assert sorted(later, key=str) == sorted([keyless.worker_id, None], key=str), "the later one is not taken"
     finally:
         await keyless.stop()
     await start_worker()
-    await settled(client, tenant, endpoint_id)
-    (sent,) = receiver.requests
-    verify_webhook(secret, sent.headers, sent.body)
+    await settled(client, tenant, endpoint_id, 2)
+    assert len(receiver.requests) == 2
+    for sent in receiver.requests:
+        verify_webhook(secret, sent.headers, sent.body)
+
+
+async def leases_of(db: Any, endpoint_id: str, *, expected: int) -> list[str | None] | None:
+    """The lease owners of the endpoint's deliveries, once there are `expected` of them."""
+    from core.models import WebhookDelivery
+
+    async with db.read(None) as session:
+        stmt = select(WebhookDelivery.lease_owner).where(WebhookDelivery.endpoint_id == endpoint_id)
+        owners = list((await session.execute(stmt.execution_options(cross_tenant=True))).scalars())
+    return owners if len(owners) == expected else None

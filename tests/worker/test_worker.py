@@ -469,6 +469,29 @@ async def test_a_clean_stop_waits_for_the_results_being_written(app, client, ten
     assert len(receiver.requests) == 1
 
 
+async def test_a_clean_stop_writes_the_results_of_every_request_that_finishes_within_its_grace(
+    app, client, tenant, receiver, start_worker
+):
+    """Two requests in flight when the worker is told to stop, answered 0.1 s and 0.6 s
+    later: both results are written (not only those that came before the first write)."""
+
+    async def one_quick_one_slow(request: web.Request, n: int) -> web.Response:
+        await asyncio.sleep(0.6 if request.query.get("e") == "slow" else 0.1)
+        return web.Response(text="ok")
+
+    receiver.behaviour = one_quick_one_slow
+    worker = await start_worker()
+    quick_id, _ = await make_endpoint(client, tenant, receiver.url + "?e=quick", ["deal.created"])
+    slow_id, _ = await make_endpoint(client, tenant, receiver.url + "?e=slow", ["deal.created"])
+    await make_deal(client, app, tenant)
+    await wait_for(lambda: len(receiver.requests) == 2)  # both in flight
+    await worker.stop()
+    for endpoint_id in (quick_id, slow_id):
+        (delivery,) = await deliveries_of(client, tenant, endpoint_id)
+        assert (delivery["status"], delivery["attempts"]) == ("succeeded", 1), endpoint_id
+    assert len(receiver.requests) == 2
+
+
 async def test_a_worker_stopping_hands_back_what_it_has_not_sent(app, client, tenant, receiver, start_worker):
     """A clean stop releases the leases of queued deliveries: the next worker sends them at
     once instead of after the lease (30 s here)."""
