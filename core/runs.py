@@ -276,7 +276,8 @@ async def finish_in(
 
     :param attempt: the attempt working the run, which must still hold it.
     :param worker_id: a worker giving up its job (which may have died before it started the
-        run): a run that another worker is running is left to it (None).
+        run): a run that another worker started since (running, or paused by it) is left to
+        it (None).
     :raises RunLost: `attempt` no longer holds the run.
     """
     if status not in FINISHED:
@@ -286,8 +287,8 @@ async def finish_in(
         return None
     if attempt is not None and (run.status != RUNNING or run.tries != attempt):
         raise RunLost(run_id)
-    if worker_id is not None and run.status == RUNNING and run.worker_id != worker_id:
-        return None
+    if worker_id is not None and run.worker_id not in (None, worker_id):
+        return None  # another worker has it, running or paused by it
     _finish(run, status, error, utcnow())
     await session.flush()
     return run

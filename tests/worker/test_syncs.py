@@ -465,7 +465,15 @@ async def test_a_stale_attempt_can_neither_pause_nor_end_the_run_nor_can_its_job
     assert current["status"] == "running" and current["resume_at"] is None and current["error"] is None
     assert await outbox(db, tenant.id, "sync.failed") == []
 
-    await core_syncs.finish(db, tenant.id, run_id, connection["id"], status=runs.SUCCEEDED, attempt=b.attempt)
+    # B pauses it (a rate limit): A's job giving up now must not fail B's paused run either.
+    assert await core_syncs.pause(db, tenant.id, run_id, attempt=b.attempt, resume_at=datetime.now(UTC))
+    await core_syncs.finish(db, tenant.id, run_id, connection["id"], status=runs.FAILED, error=error, worker_id="worker-a")
+    assert (await get_run(client, tenant, run_id))["status"] == "queued"
+    assert await outbox(db, tenant.id, "sync.failed") == []
+
+    c = await runs.start(db, tenant.id, run_id, worker_id="worker-c")
+    assert c is not None
+    await core_syncs.finish(db, tenant.id, run_id, connection["id"], status=runs.SUCCEEDED, attempt=c.attempt)
     assert (await get_run(client, tenant, run_id))["status"] == "succeeded"
 
 
