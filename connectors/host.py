@@ -257,11 +257,13 @@ class ConnectorHost:
         *,
         connection_id: str,
         store: TokenStore | None,
+        must_store: bool = False,
     ) -> Refresh | None:
         """The ``refresh`` callback of a connection's OAuth auth, or ``None`` if its scheme
         has no token to refresh. With a `store`, the new token is stored before the callback
         returns (inside the shared refresh lock, so the next process to take it finds the
-        token); a refused grant is reported to ``store.auth_failed``."""
+        token); a refused grant is reported to ``store.auth_failed``. A token that could not
+        be stored is still used by the call that got it (logged), unless `must_store`."""
         spec = cls.auth_for(config)
         if not isinstance(spec, (OAuth2AuthorizationCode, OAuth2ClientCredentials)):
             return None
@@ -285,7 +287,12 @@ class ConnectorHost:
             merged = {**token, **with_expiry(await grant(token))}
             if not merged.get("access_token"):
                 raise AuthError("token refresh returned no access token")
-            await store.save_token(connection_id, merged)
+            try:
+                await store.save_token(connection_id, merged)
+            except Exception:
+                if must_store:
+                    raise
+                logger.exception("a refreshed token of connection %s could not be stored", connection_id)
             return merged
 
         async def grant(token: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -379,7 +386,7 @@ class ConnectorHost:
         :raises ProviderUnavailable: the token endpoint failed.
         """
         parsed = parse_config(cls, config, secrets)
-        refresh = self.refresher(cls, parsed, secrets, connection_id=connection_id, store=store)
+        refresh = self.refresher(cls, parsed, secrets, connection_id=connection_id, store=store, must_store=True)
         if refresh is None:
             raise ValueError(f"{cls.key} has no token to refresh")
         return dict(await refresh(dict(token or {})))  # stored by the refresher

@@ -38,7 +38,9 @@ return 0
 class RedisLock:
     """Named locks shared by every process using `redis`.
 
-    :param ttl_seconds: how long a holder keeps the lock at most (its work must fit).
+    :param ttl_seconds: how long a holder keeps the lock at most: its work must fit (a token
+        request on the hosts' shared client may take ~100 s at worst: 10 s to connect, 30 s
+        each to wait for the pool, write and read).
     :param wait_seconds: how long to wait for a held lock before going ahead without it.
     """
 
@@ -47,8 +49,8 @@ class RedisLock:
         redis: Redis,
         *,
         prefix: str = "hub:lock:",
-        ttl_seconds: float = 30.0,
-        wait_seconds: float = 30.0,
+        ttl_seconds: float = 120.0,
+        wait_seconds: float = 120.0,
         poll_seconds: float = 0.05,
     ) -> None:
         self.redis = redis

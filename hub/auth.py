@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from core import apikeys
 from core.errors import Forbidden, Unauthorized
@@ -94,8 +95,8 @@ async def charge_unchecked(request: Request) -> None:
         return  # charged already
     state: HubState = request.app.state.hub
     permission = route_permission(request)
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    bearer_token = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+    bearer_token = token if scheme.lower() == "bearer" and token else None  # as HTTPBearer reads it
     try:
         principal = await principal_of(state, request.headers.get("x-api-key"), bearer_token)
     except Unauthorized:

@@ -218,7 +218,8 @@ async def _work(runtime: WorkerRuntime, tenant_id: str, started: runs.Started) -
         exc = failed.__cause__
         assert exc is not None
         if not isinstance(exc, _PAUSES):
-            return await fail(*_failure(exc, run_id))
+            code, message = _failure(exc, run_id)
+            return await fail(code, message, Outcome(classify(exc)))
         pauses += 1
         if pauses > runtime.settings.sync_max_pauses:
             return await fail("PROVIDER_UNAVAILABLE", f"Gave up after {pauses - 1} pauses: {_describe(exc)}", Outcome(classify(exc)))
@@ -255,16 +256,17 @@ async def fail_run(runtime: WorkerRuntime, tenant_id: str, run_id: str, code: st
     )  # fmt: skip
 
 
-def _failure(exc: BaseException, run_id: str) -> tuple[str, str, Outcome]:
-    """The code, message and health outcome of a sync failed by reading from the provider."""
+def _failure(exc: BaseException, run_id: str) -> tuple[str, str]:
+    """The error code and message of a sync failed by reading from the provider (its health
+    outcome is `connectors.host.classify`'s)."""
     if isinstance(exc, AuthError):
-        return "AUTH_ERROR", f"The provider rejected the connection's credentials: {exc.message}", Outcome.AUTH_FAILED
+        return "AUTH_ERROR", f"The provider rejected the connection's credentials: {exc.message}"
     if isinstance(exc, ConfigError):
-        return "PROVIDER_CONFIG_ERROR", exc.message, Outcome.MISCONFIGURED
+        return "PROVIDER_CONFIG_ERROR", exc.message
     if isinstance(exc, ProviderError):
-        return "PROVIDER_ERROR", exc.message, Outcome.REJECTED
+        return "PROVIDER_ERROR", exc.message
     log.error("sync failed unexpectedly", exc_info=exc, extra={"run_id": run_id})
-    return "SYNC_FAILED", f"The sync failed unexpectedly ({type(exc).__name__})", Outcome.REJECTED
+    return "SYNC_FAILED", f"The sync failed unexpectedly ({type(exc).__name__})"
 
 
 def _pause_code(exc: BaseException) -> str:

@@ -427,3 +427,33 @@ async def test_two_processes_refreshing_at_once_make_one_grant(client, tenant, p
     shown = (await client.get(f"/api/v1/connections/{connection['id']}", headers=tenant.headers())).json()
     assert shown["status"] == "CONNECTED" and shown["credentials"]["status"] == "valid"
     assert (await store.current_token(connection["id"]))["refresh_token"] == "R-2"
+
+
+async def test_a_refreshed_token_that_could_not_be_stored_still_serves_its_call(
+    client, tenant, provider, salesforce_client, db, monkeypatch, caplog
+):
+    """The database fails just as the refreshed token is saved: the call that refreshed it
+    still goes through with it (logged), rather than failing with a token in hand."""
+    from core.connections import ConnectionStore
+
+    connection = await authorize_salesforce(client, tenant, provider)
+    provider.post(SF_TOKEN_URL, name="sf_token").respond(200, json={**SF_TOKEN, "access_token": SF_REFRESHED_ACCESS})
+    upsert = provider.patch(UPSERT_URL).mock(
+        side_effect=[
+            httpx.Response(401, json=sample("salesforce_error_invalid_session.json")),
+            httpx.Response(201, json={**sample("salesforce_upsert_created.json"), "created": True}),
+        ]
+    )
+
+    async def database_away(self: Any, connection_id: str, token: dict[str, Any]) -> None:
+        raise ConnectionError("database unreachable")
+
+    monkeypatch.setattr(ConnectionStore, "save_token", database_away)
+    r = await client.post(f"/api/v1/connections/{connection['id']}/actions/upsert_record", json=UPSERT, headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    assert upsert.calls[1].request.headers["authorization"] == f"Bearer {SF_REFRESHED_ACCESS}"
+    assert "could not be stored" in caplog.text and SF_REFRESHED_ACCESS not in caplog.text
+
+    # Asked for explicitly, a refresh that cannot be stored is an error, not a success.
+    r = await client.post(f"/api/v1/connections/{connection['id']}/credentials/refresh", headers=tenant.headers())
+    assert r.status_code >= 500 and r.headers["content-type"] == "application/problem+json"

@@ -57,6 +57,8 @@ async def test_requests_refused_before_their_route_runs_are_counted_and_carry_th
     assert wrong_method.status_code == 405 and wrong_method.headers["x-ratelimit-remaining"] == "0"
     over = await client.post("/api/v1/deals", content=b"{", headers={**h, "Content-Type": "application/json"})
     assert over.status_code == 429 and over.json()["code"] == "RATE_LIMITED" and int(over.headers["retry-after"]) >= 1
+    bearer = {"Authorization": f"Bearer {make_token(tenant_id=limited_tenant.id, roles=['ANALYST'])}"}
+    assert (await client.get("/api/v1/no-such-thing", headers=bearer)).status_code == 429  # a JWT names the tenant too
     # A bad credential is answered first (401, not 400), and names no tenant to charge.
     anonymous = await client.post("/api/v1/deals", content=b"{", headers={"X-API-Key": "hub_nope", "Content-Type": "application/json"})
     assert anonymous.status_code == 401 and "x-ratelimit-limit" not in anonymous.headers
