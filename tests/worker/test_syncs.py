@@ -5,6 +5,7 @@ time per connection, with `sync.*` events."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -402,6 +403,20 @@ async def test_a_sync_killed_mid_way_resumes_and_ends_with_exactly_the_providers
     assert len(await outbox(db, tenant.id, "deal.created")) == 95
 
 
+def before_the_second_page(monkeypatch: pytest.MonkeyPatch, happen: Callable[[], Awaitable[None]]) -> None:
+    """Make `happen()` just before the sync stores its second page (once)."""
+    real_store, calls = worker_syncs.syncs.store_page, 0
+
+    async def store_page(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await happen()
+        return await real_store(*args, **kwargs)
+
+    monkeypatch.setattr(worker_syncs.syncs, "store_page", store_page)
+
+
 async def test_a_worker_whose_sync_was_taken_over_writes_nothing_more_of_it(
     client, app, settings, db, tenant, monkeypatch
 ):
@@ -420,16 +435,11 @@ async def test_a_worker_whose_sync_was_taken_over_writes_nothing_more_of_it(
 
     a, b = worker(), worker()
     real_store = worker_syncs.syncs.store_page
-    calls = 0
 
-    async def taken_over_before_the_second_page(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            assert await runs.start(db, tenant.id, run["id"], worker_id=b.worker_id) is not None
-        return await real_store(*args, **kwargs)
+    async def taken_over() -> None:
+        assert await runs.start(db, tenant.id, run["id"], worker_id=b.worker_id) is not None
 
-    monkeypatch.setattr(worker_syncs.syncs, "store_page", taken_over_before_the_second_page)
+    before_the_second_page(monkeypatch, taken_over)
     assert await worker_syncs.sync_connection(a, tenant.id, run["id"]) == {"lost": True}
     monkeypatch.setattr(worker_syncs.syncs, "store_page", real_store)
 
@@ -484,17 +494,11 @@ async def test_a_page_that_failed_to_store_is_read_again_whatever_the_database_r
     asyncpg's connect timeout surfaces): that is no provider timeout, and the checkpoint
     must not move past the page that was never stored."""
     connection = await fake_crm(client, tenant)
-    real_store = worker_syncs.syncs.store_page
-    calls = 0
 
-    async def times_out_once_on_the_second_page(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise TimeoutError
-        return await real_store(*args, **kwargs)
+    async def times_out() -> None:
+        raise TimeoutError
 
-    monkeypatch.setattr(worker_syncs.syncs, "store_page", times_out_once_on_the_second_page)
+    before_the_second_page(monkeypatch, times_out)
     runtime = await start_worker(worker_job_retry_seconds=0.05, sync_pause_seconds=0.01)
     run = await start_sync(client, tenant, connection["id"])
 
