@@ -92,13 +92,14 @@ class Claim:
 
 
 async def claim_many(
-    session: AsyncSession, *, tenant_id: str, claims: Sequence[Claim], ttl: timedelta
+    session: AsyncSession, *, tenant_id: str, claims: Sequence[Claim], ttl: timedelta, now: datetime | None = None
 ) -> set[tuple[str, str]]:
     """Take keys for this transaction in one statement; returns the (actor, key) pairs
-    taken. A pair held by another request (or listed twice) is taken at most once."""
+    taken (each expiring at `now + ttl`). A pair held by another request (or listed twice)
+    is taken at most once."""
     if not claims:
         return set()
-    now = utcnow()
+    now = now or utcnow()
     unique = {(c.actor, c.key): c for c in reversed(claims)}  # the first of duplicates wins
     stamp = stamper(session)
     created, expires = stamp(now), stamp(now + ttl)
@@ -131,11 +132,30 @@ async def claim_many(
 
 
 async def claim(
-    session: AsyncSession, *, tenant_id: str, actor: str, key: str, request_fingerprint: str, ttl: timedelta
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    actor: str,
+    key: str,
+    request_fingerprint: str,
+    ttl: timedelta,
+    now: datetime | None = None,
 ) -> bool:
     """Take the key for this transaction; False if another request holds it."""
-    taken = await claim_many(session, tenant_id=tenant_id, claims=[Claim(actor, key, request_fingerprint)], ttl=ttl)
+    taken = await claim_many(session, tenant_id=tenant_id, claims=[Claim(actor, key, request_fingerprint)], ttl=ttl, now=now)
     return (actor, key) in taken
+
+
+async def holds(session: AsyncSession, *, actor: str, key: str, until: datetime) -> bool:
+    """Whether the key's unanswered claim is still the one that expires at `until`: a claim
+    taken in its own transaction (a lease) may lapse, and another request take the key."""
+    stmt = select(IdempotencyRecord.id).where(
+        IdempotencyRecord.actor == actor,
+        IdempotencyRecord.key == key,
+        IdempotencyRecord.status_code == 0,
+        IdempotencyRecord.expires_at == until,
+    )
+    return (await session.execute(stmt.with_for_update())).first() is not None
 
 
 # One executemany on the driver; not scoped by the ORM, so the tenant is named here.
@@ -167,14 +187,13 @@ async def complete(
         )
 
 
-async def release(session: AsyncSession, *, actor: str, key: str) -> None:
+async def release(session: AsyncSession, *, actor: str, key: str, until: datetime | None = None) -> None:
     """Give back a key claimed by a request that failed, so a retry runs again (a key
-    holding a stored response is kept)."""
-    await session.execute(
-        delete(IdempotencyRecord).where(
-            IdempotencyRecord.actor == actor, IdempotencyRecord.key == key, IdempotencyRecord.status_code == 0
-        )
+    holding a stored response is kept); with `until`, only the claim that expires then."""
+    stmt = delete(IdempotencyRecord).where(
+        IdempotencyRecord.actor == actor, IdempotencyRecord.key == key, IdempotencyRecord.status_code == 0
     )
+    await session.execute(stmt if until is None else stmt.where(IdempotencyRecord.expires_at == until))
 
 
 PURGE_CHUNK = 1000

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from fastapi import Request
@@ -109,29 +109,39 @@ def _claim_lease(state: HubState) -> timedelta:
     return timedelta(seconds=2 * state.settings.connector_timeout_seconds)
 
 
-async def _release(state: HubState, principal: Principal, key: str) -> None:
+async def _release(state: HubState, principal: Principal, key: str, until: datetime) -> None:
     async with state.db.write(principal.tenant_id) as session:
-        await idempotency.release(session, actor=principal.actor_key, key=key)
+        await idempotency.release(session, actor=principal.actor_key, key=key, until=until)
 
 
-async def _claim_or_replay(request: Request, state: HubState, principal: Principal, key: str) -> Response | None:
-    """None once this request holds `key`; else the stored response of the request that did."""
+async def _claim_or_replay(request: Request, state: HubState, principal: Principal, key: str) -> Response | datetime:
+    """When this request's claim of `key` expires, once it holds the key (its later writes
+    to the key go by it); else the stored response of the request that held it."""
     idempotency.check_key(key)
     fingerprint = request_fingerprint(request, await request.body())
+    lease = _claim_lease(state)
+    until: datetime | None = None
 
     async def claim() -> bool | None:
         # In a short transaction of its own: the provider is called outside any. Until
         # the answer is stored the claim is only a lease, so a key whose request died
         # mid-call (its release never ran) is free again soon, not after a day.
+        nonlocal until
+        now = utcnow()
         async with state.db.write(principal.tenant_id) as session:
             claimed = await idempotency.claim(
                 session, tenant_id=principal.tenant_id, actor=principal.actor_key, key=key,
-                request_fingerprint=fingerprint, ttl=_claim_lease(state),
+                request_fingerprint=fingerprint, ttl=lease, now=now,
             )  # fmt: skip
+        if claimed:
+            until = now + lease
         return claimed or None
 
     held = await idempotent(state, principal, key, fingerprint, claim)
-    return held if isinstance(held, Response) else None
+    if isinstance(held, Response):
+        return held
+    assert until is not None
+    return until
 
 
 async def perform_call(
@@ -147,10 +157,12 @@ async def perform_call(
     problem to raise once the record is committed."""
     key = request.headers.get("idempotency-key")
     context = ChangeContext(principal, getattr(request.state, "request_id", None), key)
+    until = utcnow()  # (unused without a key)
     if key is not None:
-        replay = await _claim_or_replay(request, state, principal, key)
-        if replay is not None:
-            return replay
+        held = await _claim_or_replay(request, state, principal, key)
+        if isinstance(held, Response):
+            return held
+        until = held
     try:
         value = await call()
         async with mutation(state.db, context) as m:
@@ -158,17 +170,21 @@ async def perform_call(
             body = b""
             if key is not None and isinstance(answer, Answer):
                 body = render(answer.body)
-                await idempotency.complete(
-                    m.session, actor=principal.actor_key, key=key, response=stored_response(answer, body),
-                    expires_at=utcnow() + timedelta(hours=state.settings.idempotency_ttl_hours),
-                )  # fmt: skip
+                # A claim that lapsed mid-call may be another request's now: its answer is the key's.
+                if await idempotency.holds(m.session, actor=principal.actor_key, key=key, until=until):
+                    await idempotency.complete(
+                        m.session, actor=principal.actor_key, key=key, response=stored_response(answer, body),
+                        expires_at=utcnow() + timedelta(hours=state.settings.idempotency_ttl_hours),
+                    )  # fmt: skip
+                else:
+                    log.warning("idempotency key lapsed during a provider call; its answer is not stored")
     except BaseException:
         if key is not None:
-            await _release(state, principal, key)
+            await _release(state, principal, key, until)
         raise
     committed(state, m)
     if isinstance(answer, HubError):
         if key is not None:
-            await _release(state, principal, key)
+            await _release(state, principal, key, until)
         raise answer
     return respond(answer.status_code, body or render(answer.body), answer.headers)

@@ -58,3 +58,28 @@ def test_a_key_must_be_visible_ascii_to_its_end():
     for bad in ("order-42\n", "", "with space", "x" * 256):
         with pytest.raises(ValidationFailed):
             idempotency.check_key(bad)
+
+
+async def test_a_lapsed_claim_taken_by_another_request_is_no_longer_the_first_ones(db, tenant):
+    """A claim held as a lease lapses; another request takes the key. The first request can
+    then neither find it held nor release it: the newer claim stays."""
+    lease = timedelta(seconds=30)
+    first_at = utcnow() - timedelta(minutes=1)  # its lease ended half a minute ago
+    second_at = utcnow()
+    fingerprint = "f" * 64
+    async with db.write(tenant.id) as session:
+        assert await idempotency.claim(
+            session, tenant_id=tenant.id, actor="user:a", key="K", request_fingerprint=fingerprint, ttl=lease, now=first_at
+        )
+    async with db.write(tenant.id) as session:
+        assert await idempotency.claim(
+            session, tenant_id=tenant.id, actor="user:a", key="K", request_fingerprint=fingerprint, ttl=lease, now=second_at
+        )
+    async with db.write(tenant.id) as session:
+        assert not await idempotency.holds(session, actor="user:a", key="K", until=first_at + lease)
+        assert await idempotency.holds(session, actor="user:a", key="K", until=second_at + lease)
+        await idempotency.release(session, actor="user:a", key="K", until=first_at + lease)
+    assert await keys_of(db, tenant.id) == {"K"}, "the newer claim is kept"
+    async with db.write(tenant.id) as session:
+        await idempotency.release(session, actor="user:a", key="K", until=second_at + lease)
+    assert await keys_of(db, tenant.id) == set()

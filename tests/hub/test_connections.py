@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -345,3 +346,35 @@ async def test_a_key_whose_call_died_unanswered_is_free_again_after_its_lease(ap
     async with app.state.hub.db.read(tenant.id) as session:
         (record,) = (await session.execute(select(IdempotencyRecord).where(IdempotencyRecord.key == headers["Idempotency-Key"]))).scalars()
     assert record.expires_at > datetime.now(UTC) + timedelta(hours=23)
+
+
+async def test_a_call_whose_key_lapsed_mid_call_does_not_overwrite_the_next_holders_answer(app, client, tenant, provider, monkeypatch):
+    """Request A's provider call outlives its claim's lease; request B takes the key, calls
+    and answers. A's late answer is still A's to read, but the key keeps B's: a replay
+    gives B's answer."""
+    from hub import provider_calls
+
+    monkeypatch.setattr(provider_calls, "_claim_lease", lambda state: timedelta(seconds=0.3))
+    made = await create_connection(client, tenant, "keyed_crm", config={"api_key": API_KEY, "base_url": "https://lapse.keyed-crm.test/v1"})
+    answers = iter([("N-slow", 0.8), ("N-fast", 0.0)])
+
+    async def notes(request: object) -> httpx.Response:
+        note_id, delay = next(answers)
+        await asyncio.sleep(delay)
+        return httpx.Response(201, json={"id": note_id})
+
+    provider.post("https://lapse.keyed-crm.test/v1/notes").mock(side_effect=notes)
+    headers = tenant.headers(**{"Idempotency-Key": f"note-{uuid.uuid4()}"})
+    url = f"/api/v1/connections/{made['id']}/actions/create_note"
+    params = {"deal_id": "D-1", "text": "hello"}
+
+    async def b_after_the_lease() -> httpx.Response:
+        await asyncio.sleep(0.5)
+        return await client.post(url, json=params, headers=headers)
+
+    a, b = await asyncio.gather(client.post(url, json=params, headers=headers), b_after_the_lease())
+    assert a.status_code == b.status_code == 200, (a.text, b.text)
+    assert a.json()["result"]["id"] == "N-slow" and b.json()["result"]["id"] == "N-fast"
+    replay = await client.post(url, json=params, headers=headers)
+    assert replay.headers.get("idempotent-replayed") == "true"
+    assert replay.json()["result"]["id"] == "N-fast"
