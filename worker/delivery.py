@@ -223,7 +223,8 @@ class Dispatcher:
         self._queue_max = min(self._lanes_max * QUEUE_PER_LANE_MAX, self._max_backlog // 2)
         self._paces: dict[str, _Pace] = {}
         self._saturated: set[str] = set()
-        # Endpoints whose signing secrets this worker cannot open: left to other workers.
+        # Endpoints whose signing secrets this worker cannot open: left to other workers
+        # until this process restarts (its keyring, read at start, is what lacks the key).
         self._unreadable: set[str] = set()
         self._timeout = settings.webhook_timeout_seconds
         self._deadlines = _Deadlines(self._timeout)
@@ -400,8 +401,9 @@ class Dispatcher:
     # --- one attempt
 
     async def _deliver(self, item: Due, deadline: float) -> bool:
-        """Make one attempt, unless the lease will not cover it (False: the lease lapses
-        and the delivery is claimed again)."""
+        """Make one attempt; False when none was made (the lease would not cover it, the
+        endpoint is gone, or its secret cannot be opened here): the lease then lapses and
+        the delivery is claimed again, by a worker that can."""
         prepared = self._targets.get(item.endpoint_id)
         if prepared is None or time.monotonic() - prepared.loaded_at >= TARGET_TTL_SECONDS:
             prepared = await self._target(item.endpoint_id)
