@@ -66,10 +66,16 @@ def pg_url(database: str) -> str:
     return f"{base}/{database}"
 
 
+# The suite's SQLite files, for the diagnostics of a "database is locked" (below).
+_SQLITE_FILES: list[Path] = []
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'hub.db'}"
+        path = tmp_path_factory.mktemp("sqlite") / "hub.db"
+        _SQLITE_FILES.append(path)
+        yield f"sqlite+aiosqlite:///{path}"
         return
     if not _port_open("127.0.0.1", 5432):
         pytest.skip("no PostgreSQL at 127.0.0.1:5432")
@@ -205,3 +211,44 @@ def deal_body(name: str = "Acme Series B", **overrides: object) -> dict[str, obj
 
 
 __all__ = ["TenantHandle", "asyncio", "deal_body", "new_tenant"]
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A rare flake: a test's setup meets "database is locked" after the busy timeout,
+    something else having held SQLite's write lock for over 10 s. Its report says who held
+    locks on the suite's SQLite files, and what every thread of this process was doing."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and call.excinfo is not None and "database is locked" in str(call.excinfo.value):
+        report.sections.append(("database is locked: lock holders and threads", _lock_diagnostics()))
+
+
+def _lock_diagnostics() -> str:
+    import faulthandler
+    import tempfile
+
+    lines = [f"this process: {os.getpid()}"]
+    try:
+        inodes = {}
+        for base in _SQLITE_FILES:
+            for path in (base, Path(f"{base}-wal"), Path(f"{base}-shm")):
+                if path.exists():
+                    inodes[path.stat().st_ino] = path.name
+        for entry in Path("/proc/locks").read_text().splitlines():
+            fields = entry.split()
+            inode = int(fields[5].rsplit(":", 1)[1]) if len(fields) > 5 else -1
+            if inode in inodes:
+                pid = fields[4]
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                lines.append(f"{inodes[inode]}: {entry} <- {cmdline[:200]}")
+    except OSError as exc:  # not Linux, or the process is gone
+        lines.append(f"(locks unavailable: {exc})")
+    with tempfile.TemporaryFile("w+") as out:
+        faulthandler.dump_traceback(out, all_threads=True)
+        out.seek(0)
+        lines.append(out.read())
+    return "\n".join(lines)
