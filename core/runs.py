@@ -239,13 +239,19 @@ async def record_progress(
     }
     if checkpoint is not None:
         values["checkpoint"] = checkpoint
+    # One statement: the update says whether the attempt still held the run, and returns
+    # whether a cancel was asked for.
     changed = await session.execute(
-        update(Run).where(held(run_id, attempt)).values(**values).execution_options(synchronize_session=False)
+        update(Run)
+        .where(held(run_id, attempt))
+        .values(**values)
+        .returning(Run.cancel_requested)
+        .execution_options(synchronize_session=False)
     )
-    if changed.rowcount == 0:  # type: ignore[attr-defined]
+    row = changed.first()
+    if row is None:
         raise RunLost(run_id)
-    cancel = (await session.execute(select(Run.cancel_requested).where(Run.id == run_id))).scalar_one()
-    return bool(cancel)
+    return bool(row[0])
 
 
 async def progress(db: Database, tenant_id: str, run_id: str, **counts: Any) -> bool:

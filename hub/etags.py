@@ -36,12 +36,13 @@ def not_modified(request: Request, current: str) -> Response | None:
     return None
 
 
-def conditional_get(request: Request, tag: str, body: BaseModel) -> Response:
-    """`body` with its ETag, or a 304 when If-None-Match already names it."""
+def conditional_get(request: Request, tag: str, body: BaseModel | str) -> Response:
+    """`body` (a model, or its JSON) with its ETag, or a 304 when If-None-Match already names it."""
     unchanged = not_modified(request, tag)
     if unchanged is not None:
         return unchanged
-    return Response(body.model_dump_json(), media_type="application/json", headers={"ETag": tag})
+    payload = body if isinstance(body, str) else body.model_dump_json()
+    return Response(payload, media_type="application/json", headers={"ETag": tag})
 
 
 def conditional_get_by_content(request: Request, body: BaseModel) -> Response:
@@ -49,11 +50,7 @@ def conditional_get_by_content(request: Request, body: BaseModel) -> Response:
     version column (or none at all), whose tag must still change exactly when what a GET
     of it shows does."""
     payload = body.model_dump_json()
-    tag = _strong(payload.encode())
-    unchanged = not_modified(request, tag)
-    if unchanged is not None:
-        return unchanged
-    return Response(payload, media_type="application/json", headers={"ETag": tag})
+    return conditional_get(request, _strong(payload.encode()), payload)
 
 
 def conditional_get_docs(what: str) -> dict[int | str, dict[str, Any]]:
